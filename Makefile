@@ -1,0 +1,29 @@
+# The README's commands. `make run` starts everything; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+run: install
+	$(BIN)/wmq run
+
+test: install-test
+	$(BIN)/ruff check service workers tests
+	$(BIN)/pytest
+
+lint: install-test
+	$(BIN)/ruff check service workers tests
+
+clean:
+	rm -rf $(VENV) .data

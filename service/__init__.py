@@ -1,0 +1,1 @@
+"""Service side: the HTTP API, settings, database plumbing and the queue core."""

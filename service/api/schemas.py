@@ -1,0 +1,141 @@
+"""Request validation: turn a JSON body into a core request, or say which field is wrong.
+
+Delays are seconds, as in Z-API (fractions allowed); `delayMessage` has no upper limit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from service.core.models import MessageRequest
+
+#: delayTyping is a presence shown before one message: minutes at most make sense.
+MAX_DELAY_TYPING_SECONDS = 600
+MAX_TEXT_LENGTH = 65_536
+
+_PHONE = re.compile(r"^\+?\d{8,20}$")
+_JID = re.compile(r"^[\w.\-:]+@(s\.whatsapp\.net|g\.us|lid|newsletter|broadcast)$")
+_GROUP = re.compile(r"^\d[\d\-]{8,40}-group$")
+
+
+class ValidationError(Exception):
+    """Bad input: `field` names the culprit, the message says what is wrong with it."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise ValidationError("body", "request body is empty; send a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValidationError("body", f"request body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValidationError("body", "request body must be a JSON object")
+    return data
+
+
+def phone(data: dict[str, Any]) -> str:
+    value = data.get("phone")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("phone", "phone is required: digits with country code, e.g. 5511999999999")
+    value = re.sub(r"[\s()\-]", "", value) if not value.endswith("-group") else value.strip()
+    if _PHONE.match(value):
+        return value.lstrip("+")
+    if _JID.match(value) or _GROUP.match(value):
+        return value
+    raise ValidationError("phone", "phone must be digits with country code (e.g. 5511999999999) or a WhatsApp id")
+
+
+def non_empty_text(data: dict[str, Any], name: str, max_length: int = MAX_TEXT_LENGTH) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(name, f"{name} is required and must be a non-empty string")
+    if len(value) > max_length:
+        raise ValidationError(name, f"{name} is longer than {max_length} characters")
+    return value
+
+
+def seconds_to_ms(data: dict[str, Any], name: str, maximum: float | None = None) -> int:
+    value = data.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationError(name, f"{name} must be a number of seconds")
+    if value < 0:
+        raise ValidationError(name, f"{name} cannot be negative")
+    if maximum is not None and value > maximum:
+        raise ValidationError(name, f"{name} cannot exceed {maximum:g} seconds")
+    return round(value * 1000)
+
+
+def scheduled_for(data: dict[str, Any]) -> datetime | None:
+    """Optional absolute send time: ISO 8601 with a time zone, or epoch milliseconds."""
+    value = data.get("scheduledFor")
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValidationError("scheduledFor", "scheduledFor is out of range") from None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    raise ValidationError(
+        "scheduledFor", "scheduledFor must be ISO 8601 with a time zone or epoch milliseconds"
+    )
+
+
+def common(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields every send route shares."""
+    return {
+        "phone": phone(data),
+        "delay_message_ms": seconds_to_ms(data, "delayMessage"),
+        "delay_typing_ms": seconds_to_ms(data, "delayTyping", MAX_DELAY_TYPING_SECONDS),
+        "scheduled_for": scheduled_for(data),
+    }
+
+
+def send_text(data: dict[str, Any]) -> MessageRequest:
+    fields = common(data)
+    return MessageRequest(
+        message_type="text", payload={"message": non_empty_text(data, "message")}, **fields
+    )
+
+
+def optional_text(data: dict[str, Any], name: str, max_length: int = 200) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length:
+        raise ValidationError(name, f"{name} must be a string of at most {max_length} characters")
+    return value
+
+
+def page(params: Any) -> tuple[int, int]:
+    """`limit` (1–500, default 50) and `offset` (≥ 0) from a query string."""
+    try:
+        limit = int(params.get("limit", 50))
+        offset = int(params.get("offset", 0))
+    except ValueError:
+        raise ValidationError("limit", "limit and offset must be integers") from None
+    if not 1 <= limit <= 500:
+        raise ValidationError("limit", "limit must be between 1 and 500")
+    if offset < 0:
+        raise ValidationError("offset", "offset cannot be negative")
+    return limit, offset

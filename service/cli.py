@@ -1,0 +1,151 @@
+"""`wmq`: the service's commands.
+
+    wmq run       API + worker (+ embedded PostgreSQL when DATABASE_URL is unset), Ctrl-C stops all
+    wmq api       the HTTP API alone (containers)
+    wmq worker    one worker process alone (containers, `kubectl scale`)
+    wmq migrate   apply the SQL migrations and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.db import migrate, start_embedded_postgres
+from service.logs import configure_logging
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger("wmq")
+
+
+def database_url(settings: Settings) -> tuple[str, Any]:
+    """DATABASE_URL, or the embedded server's (with its handle, which keeps it alive)."""
+    if settings.database_url:
+        return settings.database_url, None
+    server = start_embedded_postgres(settings.data_dir)
+    return server.get_uri(), server
+
+
+def admin_token(settings: Settings) -> str:
+    """ADMIN_TOKEN, or one generated once and kept in DATA_DIR/admin_token."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_hex(20)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def cmd_migrate(settings: Settings) -> int:
+    url, _server = database_url(settings)
+    applied = migrate(url)
+    logger.info("migrations done", extra={"applied": ",".join(applied) or "none"})
+    return 0
+
+
+def cmd_api(settings: Settings) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+
+    url, _server = database_url(settings)
+    migrate(url)
+    if not settings.admin_token:
+        settings = settings.model_copy(update={"admin_token": admin_token(settings)})
+    app = create_app(settings, url)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                access_log=False, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_worker(settings: Settings) -> int:
+    from workers.main import run_worker
+
+    url, _server = database_url(settings)
+    migrate(url)
+    return run_worker(settings, url)
+
+
+def cmd_run(settings: Settings) -> int:
+    """Everything a newcomer needs, in one foreground command."""
+    url, server = database_url(settings)
+    migrate(url)
+    token = admin_token(settings)
+    env = {**os.environ, "DATABASE_URL": url, "ADMIN_TOKEN": token}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "service.cli", "api"], env=env),
+    ]
+    if settings.message_queue_enabled:
+        children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env))
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\n  WhatsApp message queue: API {base} (transport: {settings.whatsapp_transport})\n"
+        f"  Database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if server else 'DATABASE_URL'}\n"
+        f"  Admin token: {token}\n\n"
+        f"  Create an instance:\n"
+        f"    curl -s -X POST {base}/instances -H 'Authorization: Bearer {token}'\n"
+        f"  Send a message (with the id and token it returns):\n"
+        f"    curl -s {base}/instances/ID/token/TOKEN/send-text -H 'Content-Type: application/json' \\\n"
+        f"      -d '{{\"phone\": \"5511999999999\", \"message\": \"hello\", \"delayTyping\": 2}}'\n\n"
+        f"  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                logger.error("a process exited; stopping", extra={"pid": child.pid, "code": child.returncode})
+                stopping, code = True, 1
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return code
+
+
+COMMANDS = {"run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wmq", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except Exception as error:  # a bad setting is refused at start, with the reason
+        print(f"wmq: invalid settings: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    return COMMANDS[args.command](settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

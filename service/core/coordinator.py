@@ -1,0 +1,281 @@
+"""The Coordinator: the seed's queue operations, called by the API, the workers and the tests.
+
+It knows no HTTP and no actor. Each method is one short transaction; the transitions that
+can change an instance's head run as SQL functions (sql/003_queue_functions.sql) that take the
+instance lock (R1) and dispatch inside the same transaction (R2).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from typing import Any
+from uuid import UUID, uuid4
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from service.core import queries
+from service.core.models import (
+    DELIVER_ACTOR,
+    CancelRefused,
+    Enqueued,
+    Instance,
+    InstanceNotFound,
+    InvalidClientToken,
+    InvalidToken,
+    Job,
+    JobNotFound,
+    MessageRequest,
+)
+from service.db import fetch_all, fetch_one
+from service.settings import Settings
+
+logger = logging.getLogger("wmq.core")
+
+
+class Coordinator:
+    def __init__(self, pool: ConnectionPool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self._started = True
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _one(self, sql: str, **params: Any) -> dict[str, Any] | None:
+        return fetch_one(self.pool, sql, params)
+
+    def _all(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        return fetch_all(self.pool, sql, params)
+
+    @property
+    def _route(self) -> dict[str, str]:
+        """Where dispatches go: the broker queue and actor (ownership routing comes with §4)."""
+        return {"queue": self.settings.message_queue_name, "actor": DELIVER_ACTOR}
+
+    def _jitter_ms(self) -> int:
+        low = self.settings.message_queue_min_jitter
+        high = self.settings.message_queue_max_jitter
+        return round(random.uniform(low, high) * 1000)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def add_instance_queue(
+        self,
+        instance_id: UUID | None = None,
+        *,
+        name: str = "",
+        token: str | None = None,
+        client_token: str | None = None,
+    ) -> Instance:
+        """Create an instance (a WhatsApp account) and its queue."""
+        row = self._one(
+            queries.INSERT_INSTANCE,
+            id=instance_id or uuid4(),
+            token=token or secrets.token_hex(16),
+            client_token=client_token,
+            name=name,
+            transport=self.settings.whatsapp_transport,
+        )
+        assert row is not None
+        instance = Instance.from_row(row)
+        logger.info("instance added", extra={"instance_id": str(instance.id)})
+        return instance
+
+    def remove_instance_queue(self, instance_id: UUID) -> None:
+        """Delete an instance with its queue and history; its queued broker messages go too."""
+        if self._one(queries.DELETE_INSTANCE, id=instance_id) is None:
+            raise InstanceNotFound("instance not found")
+        logger.info("instance removed", extra={"instance_id": str(instance_id)})
+
+    def get_instance(self, instance_id: UUID) -> Instance:
+        row = self._one(queries.GET_INSTANCE, id=instance_id)
+        if row is None:
+            raise InstanceNotFound("instance not found")
+        return Instance.from_row(row)
+
+    def list_instances(self) -> list[Instance]:
+        return [Instance.from_row(r) for r in self._all(queries.LIST_INSTANCES)]
+
+    def authenticate(
+        self, instance_id: UUID, token: str, client_token: str | None = None
+    ) -> Instance:
+        """The instance, if `token` (and `client_token`, when the instance has one) match."""
+        instance = self.get_instance(instance_id)
+        if not secrets.compare_digest(instance.token, token):
+            raise InvalidToken("invalid token for this instance")
+        if instance.client_token and not secrets.compare_digest(
+            instance.client_token, client_token or ""
+        ):
+            raise InvalidClientToken("missing or invalid Client-Token header")
+        return instance
+
+    def stop(self) -> None:
+        self._started = False
+
+    def is_started(self) -> bool:
+        return self._started and not self.pool.closed
+
+    # -- enqueue --------------------------------------------------------------------------------
+
+    def enqueue_message(self, instance_id: UUID, request: MessageRequest) -> Enqueued:
+        """§3.1: one transaction: lock, sequence, chained due time, insert, dispatch if head."""
+        zaap_id = uuid4().hex
+        row = self._one(
+            queries.ENQUEUE,
+            zaap_id=zaap_id,
+            instance_id=instance_id,
+            message_type=request.message_type,
+            phone=request.phone,
+            payload=Jsonb(request.payload),
+            delay_ms=request.delay_message_ms,
+            typing_ms=request.delay_typing_ms,
+            jitter_ms=self._jitter_ms(),
+            scheduled_for=request.scheduled_for,
+            max_attempts=self.settings.message_queue_max_job_attempts,
+            **self._route,
+        )
+        assert row is not None
+        enqueued = Enqueued(
+            zaap_id=zaap_id,
+            instance_id=instance_id,
+            sequence=row["sequence"],
+            scheduled_at=row["scheduled_at"],
+            status=row["status"],
+        )
+        logger.info(
+            "message enqueued",
+            extra={
+                "zaap_id": zaap_id,
+                "instance_id": str(instance_id),
+                "sequence": enqueued.sequence,
+                "message_type": request.message_type,
+                "scheduled_at": enqueued.scheduled_at.isoformat(),
+            },
+        )
+        return enqueued
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def get_job_by_zaap_id(self, zaap_id: str, *, with_events: bool = False) -> Job:
+        row = self._one(queries.GET_JOB, zaap_id=zaap_id)
+        if row is None:
+            raise JobNotFound("message not found")
+        job = Job.from_row(row)
+        if with_events:
+            job.events = self._all(queries.MESSAGE_EVENTS, zaap_id=zaap_id)
+        return job
+
+    def get_queue_position(self, zaap_id: str) -> int | None:
+        """1 for the head of its instance's queue; None once the message is finished."""
+        return self.get_job_by_zaap_id(zaap_id).position
+
+    def list_queue_jobs(
+        self, instance_id: UUID, limit: int = 50, offset: int = 0, status: str | None = None
+    ) -> tuple[list[Job], int]:
+        """A page of an instance's messages in sequence order, and how many there are."""
+        params = {"instance_id": instance_id, "status": status, "limit": limit, "offset": offset}
+        rows = self._all(queries.LIST_JOBS, **params)
+        total = self._one(queries.COUNT_JOBS, **params)
+        return [Job.from_row(r) for r in rows], int(total["total"]) if total else 0
+
+    def get_queue_stats(self, instance_id: UUID) -> dict[str, Any]:
+        row = self._one(queries.QUEUE_STATS, instance_id=instance_id)
+        if row is None:
+            raise InstanceNotFound("instance not found")
+        return row
+
+    def list_active_queues(self) -> list[dict[str, Any]]:
+        return self._all(queries.ACTIVE_QUEUES)
+
+    # -- management -----------------------------------------------------------------------------
+
+    def cancel_job(self, zaap_id: str) -> str:
+        """Cancel one pending message; returns the status it had. A cancelled head lets the
+        next one go."""
+        row = self._one(queries.CANCEL, zaap_id=zaap_id, **self._route)
+        if row is None or row["previous_status"] is None:
+            raise JobNotFound("message not found")
+        if not row["cancelled"]:
+            raise CancelRefused(row["previous_status"])
+        logger.info("message cancelled", extra={"zaap_id": zaap_id})
+        return str(row["previous_status"])
+
+    def cancel_all(self, instance_id: UUID) -> int:
+        """Cancel every pending message of one instance; a message being sent finishes."""
+        row = self._one(queries.CANCEL_ALL, instance_id=instance_id)
+        if row is None or row["count"] is None:
+            raise InstanceNotFound("instance not found")
+        logger.info("queue cancelled", extra={"instance_id": str(instance_id), "count": row["count"]})
+        return int(row["count"])
+
+    def pause(self, instance_id: UUID) -> None:
+        self._set_paused(instance_id, True)
+
+    def resume(self, instance_id: UUID) -> None:
+        self._set_paused(instance_id, False)
+
+    def _set_paused(self, instance_id: UUID, paused: bool) -> None:
+        row = self._one(queries.SET_PAUSED, id=instance_id, paused=paused, **self._route)
+        if not row or not row["ok"]:
+            raise InstanceNotFound("instance not found")
+        logger.info("instance paused" if paused else "instance resumed",
+                    extra={"instance_id": str(instance_id)})
+
+    # -- the worker's transitions (§3.3–3.6) ----------------------------------------------------
+
+    def claim(self, zaap_id: str, dispatch_id: UUID, worker_id: UUID) -> Job | None:
+        """R3: the message, now `running` for this worker; None if the dispatch is stale."""
+        row = self._one(queries.CLAIM, zaap_id=zaap_id, dispatch_id=dispatch_id, worker_id=worker_id)
+        if row is None:
+            return None
+        row["position"] = 1
+        return Job.from_row(row)
+
+    def start_typing(self, zaap_id: str, worker_id: UUID) -> bool:
+        row = self._one(queries.START_TYPING, zaap_id=zaap_id, worker_id=worker_id, **self._route)
+        return bool(row and row["ok"])
+
+    def mark_sending(self, zaap_id: str, worker_id: UUID) -> bool:
+        row = self._one(queries.MARK_SENDING, zaap_id=zaap_id, worker_id=worker_id)
+        return bool(row and row["ok"])
+
+    def complete(self, zaap_id: str, worker_id: UUID, whatsapp_id: str) -> bool:
+        row = self._one(
+            queries.COMPLETE, zaap_id=zaap_id, worker_id=worker_id, whatsapp_id=whatsapp_id,
+            **self._route,
+        )
+        return bool(row and row["ok"])
+
+    def fail(
+        self, zaap_id: str, worker_id: UUID, error: str, *, permanent: bool, backoff: float
+    ) -> str | None:
+        """Record a failed attempt; returns `retryable`, `discarded`, or None if not ours."""
+        row = self._one(
+            queries.FAIL, zaap_id=zaap_id, worker_id=worker_id, error=error,
+            permanent=permanent, backoff_ms=round(backoff * 1000), **self._route,
+        )
+        return row["status"] if row else None
+
+    def snooze(self, zaap_id: str, worker_id: UUID, delay: float, reason: str) -> bool:
+        row = self._one(
+            queries.SNOOZE, zaap_id=zaap_id, worker_id=worker_id,
+            delay_ms=round(delay * 1000), reason=reason, **self._route,
+        )
+        return bool(row and row["ok"])
+
+    def set_connection_state(self, instance_id: UUID, state: str, detail: str | None = None) -> None:
+        self._one(queries.SET_CONNECTION_STATE + " RETURNING id", id=instance_id, state=state, detail=detail)
+
+    # -- the simulator transport's knobs (the API reaches transports only through the core) ---
+
+    def simulator_configure(self, instance_id: UUID, **knobs: Any) -> dict[str, Any]:
+        from workers.transports import simulator
+
+        return simulator.configure(self.pool, instance_id, **knobs)
+
+    def simulator_events(self, instance_id: UUID) -> list[dict[str, Any]]:
+        from workers.transports import simulator
+
+        return simulator.events(self.pool, instance_id)

@@ -1,0 +1,127 @@
+"""Every SQL statement the service runs, in one place.
+
+The state machine itself lives in `sql/003_queue_functions.sql`; these statements call it and
+read the tables. Parameters are named (`%(name)s`).
+"""
+
+# The status shown to users: `available` is derived (dispatched, due, waiting for a thread).
+JOB_COLUMNS = """
+    m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
+    CASE WHEN m.status = 'scheduled' AND m.dispatch_id IS NOT NULL AND m.available_at <= now()
+         THEN 'available' ELSE m.status END AS status,
+    m.delay_message_ms, m.delay_typing_ms, m.scheduled_at, m.available_at,
+    m.attempts, m.max_attempts, m.last_error, m.whatsapp_message_id,
+    m.enqueued_at, m.started_at, m.sent_at, m.finished_at, m.worker_id, m.phase
+"""
+
+# --- instances -------------------------------------------------------------------------------
+
+INSERT_INSTANCE = """
+    WITH inserted AS (
+        INSERT INTO instances (id, token, client_token, name, transport)
+        VALUES (%(id)s, %(token)s, %(client_token)s, %(name)s, %(transport)s)
+        RETURNING *
+    ), queue AS (
+        INSERT INTO instance_queues (instance_id) SELECT id FROM inserted
+    )
+    SELECT * FROM inserted
+"""
+
+GET_INSTANCE = "SELECT * FROM instances WHERE id = %(id)s"
+
+LIST_INSTANCES = "SELECT * FROM instances ORDER BY created_at, id"
+
+# Removing an instance withdraws its queued broker messages; its rows go by cascade.
+DELETE_INSTANCE = """
+    WITH locked AS (SELECT wmq_lock_instance(%(id)s) AS ok),
+    withdrawn AS (
+        DELETE FROM dramatiq.queue q USING messages m, locked
+         WHERE m.instance_id = %(id)s AND q.message_id = m.dispatch_id AND q.state = 'queued'
+    )
+    DELETE FROM instances i USING locked WHERE i.id = %(id)s RETURNING i.id
+"""
+
+SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS ok"
+
+SET_CONNECTION_STATE = """
+    UPDATE instances
+       SET connection_state = %(state)s, connection_detail = %(detail)s,
+           connection_changed_at = now(), updated_at = now()
+     WHERE id = %(id)s AND connection_state IS DISTINCT FROM %(state)s
+"""
+
+# --- enqueue and the worker's transitions (sql/003_queue_functions.sql) ----------------------
+
+ENQUEUE = """
+    SELECT * FROM wmq_enqueue(
+        %(zaap_id)s, %(instance_id)s, %(message_type)s, %(phone)s, %(payload)s,
+        %(delay_ms)s, %(typing_ms)s, %(jitter_ms)s, %(scheduled_for)s,
+        %(max_attempts)s, %(queue)s, %(actor)s)
+"""
+
+CLAIM = "SELECT * FROM wmq_claim(%(zaap_id)s, %(dispatch_id)s, %(worker_id)s)"
+
+START_TYPING = "SELECT wmq_start_typing(%(zaap_id)s, %(worker_id)s, %(queue)s, %(actor)s) AS ok"
+
+MARK_SENDING = "SELECT wmq_mark_sending(%(zaap_id)s, %(worker_id)s) AS ok"
+
+COMPLETE = """
+    SELECT wmq_complete(%(zaap_id)s, %(worker_id)s, %(whatsapp_id)s, %(queue)s, %(actor)s) AS ok
+"""
+
+FAIL = """
+    SELECT wmq_fail(%(zaap_id)s, %(worker_id)s, %(error)s, %(permanent)s, %(backoff_ms)s,
+                    %(queue)s, %(actor)s) AS status
+"""
+
+SNOOZE = """
+    SELECT wmq_snooze(%(zaap_id)s, %(worker_id)s, %(delay_ms)s, %(reason)s,
+                      %(queue)s, %(actor)s) AS ok
+"""
+
+CANCEL = "SELECT * FROM wmq_cancel(%(zaap_id)s, %(queue)s, %(actor)s)"
+
+CANCEL_ALL = "SELECT wmq_cancel_all(%(instance_id)s) AS count"
+
+# --- reads -----------------------------------------------------------------------------------
+
+GET_JOB = f"""
+    SELECT {JOB_COLUMNS},
+           CASE WHEN wmq_is_unfinished(m.status) THEN (
+               SELECT count(*) FROM messages p
+                WHERE p.instance_id = m.instance_id AND p.sequence <= m.sequence
+                  AND wmq_is_unfinished(p.status))
+           END AS position
+      FROM messages m
+     WHERE m.zaap_id = %(zaap_id)s
+"""
+
+LIST_JOBS = f"""
+    SELECT {JOB_COLUMNS}
+      FROM messages m
+     WHERE m.instance_id = %(instance_id)s
+       AND (%(status)s::text IS NULL OR m.status = %(status)s
+            OR (%(status)s = 'pending' AND wmq_is_unfinished(m.status)))
+     ORDER BY m.sequence
+     LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+COUNT_JOBS = """
+    SELECT count(*) AS total FROM messages m
+     WHERE m.instance_id = %(instance_id)s
+       AND (%(status)s::text IS NULL OR m.status = %(status)s
+            OR (%(status)s = 'pending' AND wmq_is_unfinished(m.status)))
+"""
+
+QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
+
+ACTIVE_QUEUES = "SELECT * FROM v_active_queues ORDER BY instance_id"
+
+MESSAGE_EVENTS = """
+    SELECT from_status, to_status, at, worker_id, detail
+      FROM message_events WHERE zaap_id = %(zaap_id)s ORDER BY id
+"""
+
+READY = """
+    SELECT count(*) AS migrations FROM schema_migrations
+"""

@@ -1,0 +1,119 @@
+"""Every setting of the service, read once from the environment and validated loudly at start.
+
+Durations accept `100ms`, `30s`, `5m`, `24h`, `2d` (or a bare number of seconds) and are held
+as float seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """`100ms` → 0.1; `5m` → 300.0; numbers are seconds."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (examples: 100ms, 30s, 5m, 24h)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseSettings):
+    """Environment variables, named as in the seed (`MESSAGE_QUEUE_*`, `WHATSAPP_*`)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Where things run. Unset DATABASE_URL: an embedded PostgreSQL under DATA_DIR (pgserver).
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Bearer token for the admin routes (creating instances). `wmq run` makes one when unset.
+    admin_token: str | None = None
+    log_level: str = "INFO"
+
+    # The seed's queue settings.
+    message_queue_enabled: bool = True
+    #: Messages one instance may have in flight. FIFO needs exactly 1.
+    message_queue_worker_max_workers: int = 1
+    #: Threads of one worker process: how many instances it serves at once.
+    message_queue_worker_threads: int = 8
+    #: How often idle consumers look for due messages (a NOTIFY wakes them sooner).
+    message_queue_poll_interval: Duration = 0.1
+    message_queue_max_job_attempts: int = 3
+    #: Bound of one WhatsApp call; shorter than the heartbeat TTL so a hung call is never
+    #: mistaken for a dead worker (R5).
+    message_queue_job_timeout: Duration = 30.0
+    message_queue_retention_period: Duration = 24 * 3600.0
+    message_queue_min_jitter: Duration = 1.0
+    message_queue_max_jitter: Duration = 3.0
+    #: How long a head waits before the connection is checked again (snooze).
+    message_queue_disconnect_retry_delay: Duration = 30.0
+    message_queue_retry_min_backoff: Duration = 1.0
+    message_queue_retry_max_backoff: Duration = 300.0
+    #: Broker heartbeat of each worker process, the age after which a worker counts as dead,
+    #: and how often the broker's own upkeep runs. Every worker must use the same TTL.
+    message_queue_heartbeat_interval: Duration = 15.0
+    message_queue_heartbeat_ttl: Duration = 60.0
+    message_queue_maintenance_interval: Duration = 30.0
+    #: The broker queue the workers consume.
+    message_queue_name: str = "whatsapp"
+    #: Resend a message whose send was interrupted by a crash (at-least-once), or discard it.
+    message_queue_resend_uncertain: bool = True
+
+    whatsapp_transport: Literal["simulator", "neonize"] = "simulator"
+
+    @model_validator(mode="after")
+    def _validate(self) -> Settings:
+        if self.message_queue_worker_max_workers != 1:
+            raise ValueError(
+                "MESSAGE_QUEUE_WORKER_MAX_WORKERS must be 1: an instance's messages go out "
+                "strictly one at a time, in order. To serve more instances at once, raise "
+                "MESSAGE_QUEUE_WORKER_THREADS or run more worker processes."
+            )
+        if self.message_queue_worker_threads < 1:
+            raise ValueError("MESSAGE_QUEUE_WORKER_THREADS must be at least 1")
+        if self.message_queue_max_job_attempts < 1:
+            raise ValueError("MESSAGE_QUEUE_MAX_JOB_ATTEMPTS must be at least 1")
+        if self.message_queue_min_jitter > self.message_queue_max_jitter:
+            raise ValueError("MESSAGE_QUEUE_MIN_JITTER must not exceed MESSAGE_QUEUE_MAX_JITTER")
+        if self.message_queue_retry_min_backoff > self.message_queue_retry_max_backoff:
+            raise ValueError(
+                "MESSAGE_QUEUE_RETRY_MIN_BACKOFF must not exceed MESSAGE_QUEUE_RETRY_MAX_BACKOFF"
+            )
+        if self.message_queue_poll_interval <= 0:
+            raise ValueError("MESSAGE_QUEUE_POLL_INTERVAL must be positive")
+        if self.message_queue_heartbeat_interval >= self.message_queue_heartbeat_ttl:
+            raise ValueError(
+                "MESSAGE_QUEUE_HEARTBEAT_INTERVAL must be shorter than MESSAGE_QUEUE_HEARTBEAT_TTL"
+            )
+        if self.message_queue_job_timeout >= self.message_queue_heartbeat_ttl:
+            raise ValueError(
+                "MESSAGE_QUEUE_JOB_TIMEOUT must be shorter than MESSAGE_QUEUE_HEARTBEAT_TTL, so a "
+                "slow WhatsApp call is never taken for a dead worker"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.message_queue_name):
+            raise ValueError("MESSAGE_QUEUE_NAME may hold letters, digits, '_' and '-' only")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,383 @@
+-- The queue's state machine. Every function that can change which message is an instance's
+-- head takes that instance's instance_queues row lock first (rule R1), and dispatches the
+-- head itself, in the caller's transaction (rule R2). Status changes are recorded in
+-- message_events by trigger (rule R6); `wmq.event_detail` carries the reason.
+
+-- The statuses that keep a message in its instance's queue (it blocks every later one).
+CREATE FUNCTION wmq_is_unfinished(p_status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_status IN ('scheduled', 'retryable', 'running', 'typing', 'sending')
+$$;
+
+CREATE FUNCTION wmq_ms(p_ms bigint) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT make_interval(secs => p_ms / 1000.0)
+$$;
+
+CREATE FUNCTION wmq_set_detail(p_detail text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT set_config('wmq.event_detail', COALESCE(p_detail, ''), true)
+$$;
+
+-- R1: lock an instance's queue row. Returns false when the instance does not exist.
+CREATE FUNCTION wmq_lock_instance(p_instance uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM instance_queues WHERE instance_id = p_instance FOR UPDATE;
+    RETURN FOUND;
+END
+$$;
+
+-- The seed's sequence function: hands out the next sequence under the row lock (R1) and, in the
+-- same statement, the chained due time (DESIGN.md §3.1):
+--   GREATEST(last_scheduled_at + delay + jitter, scheduled_for, now() + delay)
+CREATE FUNCTION get_next_message_sequence(
+    p_instance uuid,
+    p_delay_ms bigint DEFAULT 0,
+    p_jitter_ms bigint DEFAULT 0,
+    p_scheduled_for timestamptz DEFAULT NULL,
+    OUT sequence bigint,
+    OUT scheduled_at timestamptz)
+LANGUAGE sql AS $$
+    UPDATE instance_queues q
+       SET last_sequence = q.last_sequence + 1,
+           last_scheduled_at = GREATEST(
+               q.last_scheduled_at + wmq_ms(p_delay_ms + p_jitter_ms),
+               p_scheduled_for,
+               now() + wmq_ms(p_delay_ms))
+     WHERE q.instance_id = p_instance
+ RETURNING q.last_sequence, q.last_scheduled_at
+$$;
+
+-- R2: put one message into the broker, as a row of dramatiq-postgres' own table, in the
+-- caller's transaction. The broker message carries ids only; its message_id is the dispatch
+-- id, a name-based UUID of (zaap_id, attempt, phase, fence), stored on the message so that
+-- the claim (R3) can tell the live dispatch from a stale one. A previous dispatch that is
+-- still queued is withdrawn.
+CREATE FUNCTION wmq_dispatch(
+    p_zaap text, p_phase smallint, p_available_at timestamptz, p_queue text, p_actor text)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_new uuid;
+    v_old uuid;
+BEGIN
+    UPDATE messages m
+       SET attempt = m.attempt + 1,
+           phase = p_phase,
+           available_at = p_available_at,
+           dispatch_id = md5(m.zaap_id || ':' || (m.attempt + 1) || ':' || p_phase || ':' || m.fence)::uuid
+      FROM messages old
+     WHERE m.zaap_id = p_zaap AND old.zaap_id = p_zaap
+ RETURNING m.dispatch_id, old.dispatch_id INTO v_new, v_old;
+
+    IF v_old IS NOT NULL THEN
+        DELETE FROM dramatiq.queue WHERE message_id = v_old AND state = 'queued';
+    END IF;
+
+    INSERT INTO dramatiq.queue (queue_name, message_id, state, message, available_at)
+    VALUES (
+        p_queue, v_new, 'queued',
+        jsonb_build_object(
+            'queue_name', p_queue,
+            'actor_name', p_actor,
+            'args', jsonb_build_array(p_zaap, p_phase),
+            'kwargs', '{}'::jsonb,
+            'options', '{}'::jsonb,
+            'message_id', v_new::text,
+            'message_timestamp', (extract(epoch FROM clock_timestamp()) * 1000)::bigint),
+        p_available_at)
+    ON CONFLICT (message_id) DO NOTHING;
+
+    -- Delivered at commit. A future message is found by the consumers' poll instead.
+    IF p_available_at <= now() THEN
+        PERFORM pg_notify('dramatiq.' || p_queue || '.enqueue', '');
+    END IF;
+    RETURN v_new;
+END
+$$;
+
+-- Dispatch the head of an instance if it is waiting to be dispatched: the lowest unfinished
+-- sequence, not in flight, not already in the broker, and the instance not paused. Its due
+-- time keeps the pacing after a backlog: never before sent_at(previous) + delay + jitter.
+-- The caller holds the instance lock (R1). With p_redispatch, a head already in the broker is
+-- dispatched anew (its old broker row withdrawn): resume uses it, since a paused head's broker
+-- message may have been consumed and skipped meanwhile. Returns the dispatched zaap_id, or NULL.
+CREATE FUNCTION wmq_dispatch_head(
+    p_instance uuid, p_queue text, p_actor text, p_redispatch boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    h record;
+    q record;
+BEGIN
+    SELECT m.zaap_id, m.status, m.dispatch_id, m.scheduled_at, m.delay_message_ms, m.jitter_ms
+      INTO h
+      FROM messages m
+     WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status)
+     ORDER BY m.sequence
+     LIMIT 1;
+    IF NOT FOUND OR h.status NOT IN ('scheduled', 'retryable')
+       OR (h.dispatch_id IS NOT NULL AND NOT p_redispatch) THEN
+        RETURN NULL;
+    END IF;
+
+    SELECT i.paused, iq.last_sent_at INTO q
+      FROM instances i JOIN instance_queues iq ON iq.instance_id = i.id
+     WHERE i.id = p_instance;
+    IF q.paused THEN
+        RETURN NULL;
+    END IF;
+
+    PERFORM wmq_dispatch(
+        h.zaap_id, 1::smallint,
+        GREATEST(h.scheduled_at, q.last_sent_at + wmq_ms(h.delay_message_ms + h.jitter_ms)),
+        p_queue, p_actor);
+    RETURN h.zaap_id;
+END
+$$;
+
+-- §3.1: accept one message. One transaction: lock and sequence, insert, dispatch if head.
+CREATE FUNCTION wmq_enqueue(
+    p_zaap text, p_instance uuid, p_type text, p_phone text, p_payload jsonb,
+    p_delay_ms bigint, p_typing_ms bigint, p_jitter_ms bigint, p_scheduled_for timestamptz,
+    p_max_attempts integer, p_queue text, p_actor text)
+RETURNS TABLE (sequence bigint, scheduled_at timestamptz, status text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n record;
+BEGIN
+    SELECT * INTO n FROM get_next_message_sequence(p_instance, p_delay_ms, p_jitter_ms, p_scheduled_for);
+    IF n.sequence IS NULL THEN
+        RAISE EXCEPTION 'unknown instance %', p_instance USING ERRCODE = 'no_data_found';
+    END IF;
+
+    PERFORM wmq_set_detail(NULL);
+    INSERT INTO messages (
+        zaap_id, instance_id, sequence, message_type, phone, payload,
+        delay_message_ms, delay_typing_ms, jitter_ms, scheduled_at, status, max_attempts)
+    VALUES (
+        p_zaap, p_instance, n.sequence, p_type, p_phone, p_payload,
+        p_delay_ms, p_typing_ms, p_jitter_ms, n.scheduled_at, 'scheduled', p_max_attempts);
+
+    -- `available`: dispatched and due (waiting for a worker thread); else `scheduled`.
+    RETURN QUERY SELECT n.sequence, n.scheduled_at,
+        CASE WHEN wmq_dispatch_head(p_instance, p_queue, p_actor) IS NOT NULL
+                  AND n.scheduled_at <= now()
+             THEN 'available' ELSE 'scheduled' END;
+END
+$$;
+
+-- R3: claim a dispatched message for one worker, in one statement under the instance lock.
+-- Zero rows means the broker message is stale (another dispatch replaced it, the message was
+-- cancelled or is already done): the caller skips it. The head check makes "never before an
+-- earlier message is finished" hold even if a dispatch were wrong.
+CREATE FUNCTION wmq_claim(p_zaap text, p_dispatch uuid, p_worker uuid)
+RETURNS SETOF messages
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    PERFORM wmq_set_detail(NULL);
+    RETURN QUERY
+    UPDATE messages m
+       SET status = 'running',
+           worker_id = p_worker,
+           started_at = COALESCE(m.started_at, now())
+     WHERE m.zaap_id = p_zaap
+       AND m.dispatch_id = p_dispatch
+       AND m.status IN ('scheduled', 'retryable', 'typing')
+       AND (m.status = 'typing'
+            OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = m.instance_id AND i.paused))
+       AND NOT EXISTS (
+            SELECT 1 FROM messages p
+             WHERE p.instance_id = m.instance_id
+               AND p.sequence < m.sequence
+               AND wmq_is_unfinished(p.status))
+    RETURNING m.*;
+END
+$$;
+
+-- §3.4 phase 1 done: presence shown; release the thread and come back after delayTyping.
+CREATE FUNCTION wmq_start_typing(p_zaap text, p_worker uuid, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_typing_ms bigint;
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    PERFORM wmq_set_detail(NULL);
+    UPDATE messages SET status = 'typing'
+     WHERE zaap_id = p_zaap AND status = 'running' AND worker_id = p_worker
+    RETURNING delay_typing_ms INTO v_typing_ms;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM wmq_dispatch(p_zaap, 2::smallint, now() + wmq_ms(v_typing_ms), p_queue, p_actor);
+    RETURN true;
+END
+$$;
+
+-- §1.7: mark the message as being sent before the WhatsApp call, so a crash leaves it
+-- visibly uncertain. Does not change the head: no instance lock needed.
+CREATE FUNCTION wmq_mark_sending(p_zaap text, p_worker uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wmq_set_detail(NULL);
+    UPDATE messages SET status = 'sending'
+     WHERE zaap_id = p_zaap AND status = 'running' AND worker_id = p_worker;
+    RETURN FOUND;
+END
+$$;
+
+-- §3.5: the send succeeded. Record it and dispatch the next head, paced from this send.
+CREATE FUNCTION wmq_complete(
+    p_zaap text, p_worker uuid, p_whatsapp_id text, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_instance uuid;
+BEGIN
+    v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
+    PERFORM wmq_lock_instance(v_instance);
+    PERFORM wmq_set_detail('whatsapp id ' || p_whatsapp_id);
+    UPDATE messages
+       SET status = 'completed', whatsapp_message_id = p_whatsapp_id,
+           sent_at = now(), finished_at = now()
+     WHERE zaap_id = p_zaap AND status = 'sending' AND worker_id = p_worker;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE instance_queues SET last_sent_at = now() WHERE instance_id = v_instance;
+    PERFORM wmq_dispatch_head(v_instance, p_queue, p_actor);
+    RETURN true;
+END
+$$;
+
+-- §3.6: a failed attempt. Retryable errors stay head and come back after the backoff; the
+-- last allowed attempt, or a permanent error, discards the message and lets the next go.
+-- Returns the new status, or NULL when the message was not this worker's any more.
+CREATE FUNCTION wmq_fail(
+    p_zaap text, p_worker uuid, p_error text, p_permanent boolean, p_backoff_ms bigint,
+    p_queue text, p_actor text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_instance uuid;
+    v_status text;
+BEGIN
+    v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
+    PERFORM wmq_lock_instance(v_instance);
+    PERFORM wmq_set_detail(p_error);
+    UPDATE messages
+       SET attempts = attempts + 1,
+           last_error = p_error,
+           status = CASE WHEN p_permanent OR attempts + 1 >= max_attempts
+                         THEN 'discarded' ELSE 'retryable' END,
+           finished_at = CASE WHEN p_permanent OR attempts + 1 >= max_attempts
+                              THEN now() END
+     WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker
+    RETURNING status INTO v_status;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF v_status = 'retryable' THEN
+        PERFORM wmq_dispatch(p_zaap, 1::smallint, now() + wmq_ms(p_backoff_ms), p_queue, p_actor);
+    ELSE
+        PERFORM wmq_dispatch_head(v_instance, p_queue, p_actor);
+    END IF;
+    RETURN v_status;
+END
+$$;
+
+-- §3.4: the instance is not connected (seen before the send, or reported by the transport as
+-- the reason the send did not happen). Put the head back, attempts unchanged, and check again
+-- after the delay; its successors keep waiting.
+CREATE FUNCTION wmq_snooze(
+    p_zaap text, p_worker uuid, p_delay_ms bigint, p_reason text, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    PERFORM wmq_set_detail(p_reason);
+    UPDATE messages SET status = 'scheduled', worker_id = NULL
+     WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM wmq_dispatch(p_zaap, 1::smallint, now() + wmq_ms(p_delay_ms), p_queue, p_actor);
+    RETURN true;
+END
+$$;
+
+-- §3.8: cancel one message. Allowed while nothing is being sent; refused for running and
+-- sending. Returns the status the message had (NULL if unknown) and whether it was cancelled.
+CREATE FUNCTION wmq_cancel(p_zaap text, p_queue text, p_actor text)
+RETURNS TABLE (previous_status text, cancelled boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    SELECT zaap_id, instance_id, status, dispatch_id INTO m
+      FROM messages WHERE zaap_id = p_zaap FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::text, false;
+        RETURN;
+    END IF;
+    IF m.status NOT IN ('scheduled', 'retryable', 'typing') THEN
+        RETURN QUERY SELECT m.status, false;
+        RETURN;
+    END IF;
+    PERFORM wmq_set_detail('cancelled by request');
+    UPDATE messages SET status = 'cancelled', finished_at = now() WHERE zaap_id = p_zaap;
+    DELETE FROM dramatiq.queue WHERE message_id = m.dispatch_id AND state = 'queued';
+    PERFORM wmq_dispatch_head(m.instance_id, p_queue, p_actor);
+    RETURN QUERY SELECT m.status, true;
+END
+$$;
+
+-- §3.8: cancel every pending message of one instance (in-flight ones finish). Returns how
+-- many were cancelled, or NULL for an unknown instance.
+CREATE FUNCTION wmq_cancel_all(p_instance uuid) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    IF NOT wmq_lock_instance(p_instance) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM wmq_set_detail('cancelled by request (whole queue)');
+    WITH cancelled AS (
+        UPDATE messages SET status = 'cancelled', finished_at = now()
+         WHERE instance_id = p_instance AND status IN ('scheduled', 'retryable', 'typing')
+        RETURNING dispatch_id
+    ), withdrawn AS (
+        DELETE FROM dramatiq.queue q USING cancelled c
+         WHERE q.message_id = c.dispatch_id AND q.state = 'queued'
+    )
+    SELECT count(*) INTO v_count FROM cancelled;
+    RETURN v_count;
+END
+$$;
+
+-- §3.8: pause keeps messages and dispatches none (a queued head is withdrawn; a message in
+-- flight finishes); resume dispatches the head again. Returns false for an unknown instance.
+CREATE FUNCTION wmq_set_paused(p_instance uuid, p_paused boolean, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT wmq_lock_instance(p_instance) THEN
+        RETURN false;
+    END IF;
+    UPDATE instances SET paused = p_paused, updated_at = now() WHERE id = p_instance;
+    IF p_paused THEN
+        DELETE FROM dramatiq.queue q USING messages m
+         WHERE m.instance_id = p_instance
+           AND m.status IN ('scheduled', 'retryable')
+           AND q.message_id = m.dispatch_id AND q.state = 'queued';
+    ELSE
+        PERFORM wmq_dispatch_head(p_instance, p_queue, p_actor, true);
+    END IF;
+    RETURN true;
+END
+$$;

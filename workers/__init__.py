@@ -1,0 +1,1 @@
+"""Worker side: the broker, the ordering middleware, the delivery actor, maintenance, transports."""

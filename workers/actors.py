@@ -1,0 +1,136 @@
+"""The delivery actor: phase 1 shows "typing…", phase 2 sends (DESIGN.md §3.4–3.6).
+
+No thread sleeps through a delay: `delayMessage` waits in the broker (`available_at`), and
+`delayTyping` is a second dispatch due when the typing should end. The actor never raises: every
+outcome is recorded by the core, which dispatches whatever comes next.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+import dramatiq
+
+from service.core import Coordinator
+from service.core.models import DELIVER_ACTOR, Job
+from service.settings import Settings
+from workers.ordering import current_job
+from workers.transports import (
+    InstanceDisconnected,
+    OutgoingMessage,
+    PermanentSendError,
+    Presence,
+    Transport,
+)
+
+logger = logging.getLogger("wmq.deliver")
+
+#: How long the bookkeeping after a successful send is retried in-process. Past that the
+#: message stays `sending` and is resolved by the rescuer, never sent again by this worker.
+COMPLETE_RETRY_SECONDS = 120.0
+
+
+def presence_for(message_type: str) -> Presence:
+    return "recording" if message_type == "audio" else "composing"
+
+
+def log_context(job: Job) -> dict[str, Any]:
+    return {"zaap_id": job.zaap_id, "instance_id": str(job.instance_id), "sequence": job.sequence}
+
+
+class Deliverer:
+    """The body of the `deliver` actor, bound to one worker process's core and transport."""
+
+    def __init__(self, coordinator: Coordinator, transport: Transport, settings: Settings,
+                 worker_id: UUID) -> None:
+        self.coordinator = coordinator
+        self.transport = transport
+        self.settings = settings
+        self.worker_id = worker_id
+
+    def __call__(self, zaap_id: str, phase: int) -> None:
+        job = current_job()
+        try:
+            self._deliver(job)
+        except Exception:  # the actor never raises: record the failure, keep the order
+            logger.exception("delivery failed unexpectedly", extra=log_context(job))
+            try:
+                self._fail(job, "internal error", permanent=False)
+            except Exception:
+                logger.exception("could not record the failure; left to the rescuer",
+                                 extra=log_context(job))
+
+    def _deliver(self, job: Job) -> None:
+        ctx = log_context(job)
+        try:
+            if not self.transport.is_connected(job.instance_id):
+                raise InstanceDisconnected("instance is not connected")
+            typing = job.delay_typing_ms > 0
+            if typing and job.phase == 1:
+                self.transport.send_presence(job.instance_id, job.phone, presence_for(job.message_type))
+                if self.coordinator.start_typing(job.zaap_id, self.worker_id):
+                    logger.info("typing", extra={**ctx, "delay_typing_ms": job.delay_typing_ms})
+                return
+            if not self.coordinator.mark_sending(job.zaap_id, self.worker_id):
+                logger.warning("message no longer ours before send", extra=ctx)
+                return
+            whatsapp_id = self.transport.send(OutgoingMessage(
+                zaap_id=job.zaap_id, instance_id=job.instance_id, phone=job.phone,
+                message_type=job.message_type, payload=job.payload,
+            ))
+        except InstanceDisconnected as error:
+            delay = self.settings.message_queue_disconnect_retry_delay
+            self.coordinator.snooze(job.zaap_id, self.worker_id, delay, f"disconnected: {error}")
+            logger.info("instance disconnected; head snoozed", extra={**ctx, "retry_in_s": delay})
+            return
+        except PermanentSendError as error:
+            self._fail(job, str(error), permanent=True)
+            return
+        except Exception as error:
+            self._fail(job, f"{type(error).__name__}: {error}", permanent=False)
+            return
+
+        if typing:
+            try:
+                self.transport.send_presence(job.instance_id, job.phone, "paused")
+            except Exception:
+                logger.warning("could not send paused presence", extra=ctx, exc_info=True)
+        self._complete(job, whatsapp_id)
+
+    def _complete(self, job: Job, whatsapp_id: str) -> None:
+        """Record the send; on a database error retry the bookkeeping, never the send."""
+        ctx = {**log_context(job), "whatsapp_message_id": whatsapp_id}
+        deadline = time.monotonic() + COMPLETE_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                if self.coordinator.complete(job.zaap_id, self.worker_id, whatsapp_id):
+                    logger.info("message sent", extra=ctx)
+                else:
+                    logger.warning("message sent but no longer ours to complete", extra=ctx)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    logger.exception("could not record a sent message", extra=ctx)
+                    return
+                logger.warning("recording the send failed; retrying", extra=ctx, exc_info=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _fail(self, job: Job, error: str, *, permanent: bool) -> None:
+        settings = self.settings
+        backoff = min(
+            settings.message_queue_retry_min_backoff * 2 ** job.attempts,
+            settings.message_queue_retry_max_backoff,
+        )
+        status = self.coordinator.fail(
+            job.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff
+        )
+        logger.warning("send failed", extra={**log_context(job), "error": error, "status": status})
+
+
+def declare_actor(broker: dramatiq.Broker, deliverer: Deliverer, queue_name: str) -> dramatiq.Actor[Any, Any]:
+    return dramatiq.actor(deliverer, actor_name=DELIVER_ACTOR, queue_name=queue_name, broker=broker)

@@ -1,0 +1,70 @@
+"""One worker process: a Dramatiq worker on the Postgres broker, stopped cleanly by a signal.
+
+Run with `wmq worker`. Threads (`MESSAGE_QUEUE_WORKER_THREADS`) serve that many instances at
+once; each instance still has at most one message in flight (R3).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from uuid import UUID
+
+import dramatiq
+
+from service.core import Coordinator
+from service.db import make_pool
+from service.settings import Settings
+from workers.actors import Deliverer, declare_actor
+from workers.broker import build_broker
+from workers.ordering import OrderingMiddleware
+from workers.transports import build_transport
+
+logger = logging.getLogger("wmq.worker")
+
+
+def run_worker(settings: Settings, database_url: str) -> int:
+    """Serve the queue until SIGTERM or SIGINT; returns the exit code."""
+    if not settings.message_queue_enabled:
+        logger.warning("MESSAGE_QUEUE_ENABLED is false: this worker sends nothing and exits")
+        return 0
+    threads = settings.message_queue_worker_threads
+    # Consumers hold two connections (queue and its delay queue) and the notifier one; each
+    # thread needs one at a time, plus the transport's.
+    pool = make_pool(database_url, max_size=2 * threads + 6, name="wmq-worker")
+    coordinator = Coordinator(pool, settings)
+    transport = build_transport(settings, pool)
+    broker = build_broker(pool, settings, [OrderingMiddleware(coordinator)])
+    dramatiq.set_broker(broker)
+    deliverer = Deliverer(coordinator, transport, settings, UUID(broker.worker_id))
+    declare_actor(broker, deliverer, settings.message_queue_name)
+
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
+    # Claim no more than we can run: messages claimed ahead by a worker that dies wait out the
+    # heartbeat TTL (DESIGN.md §3, facts about dramatiq-postgres).
+    worker.queue_prefetch = threads
+    worker.delay_prefetch = 1
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    worker.start()
+    logger.info("worker started", extra={
+        "worker_id": broker.worker_id, "threads": threads, "queue": settings.message_queue_name,
+    })
+    stopping.wait()
+    worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)
+    transport.close()
+    broker.close()
+    coordinator.stop()
+    pool.close()
+    logger.info("worker stopped", extra={"worker_id": broker.worker_id})
+    return 0

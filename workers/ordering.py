@@ -1,0 +1,74 @@
+"""The ordering middleware: a broker message runs only if it is its instance's live dispatch.
+
+Before the actor runs, the message is claimed with one atomic statement (rule R3). Zero rows
+means the broker message is stale (re-dispatched, cancelled, already done, or not the head):
+it is skipped, so per-instance order never depends on what the broker delivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from uuid import UUID
+
+import dramatiq
+from dramatiq.middleware import Middleware, SkipMessage
+
+from service.core import Coordinator
+from service.core.models import Job
+
+logger = logging.getLogger("wmq.ordering")
+
+_current = threading.local()
+
+#: How long a claim that fails on a database error is retried before the message is skipped
+#: (the maintenance loop re-dispatches a head whose broker message was lost).
+CLAIM_RETRY_SECONDS = 30.0
+
+
+class StaleDispatch(SkipMessage):
+    """The broker message is not the live dispatch of its message: skip it."""
+
+
+def current_job() -> Job:
+    """The message claimed for the broker message this thread is processing."""
+    job: Job | None = getattr(_current, "job", None)
+    if job is None:
+        raise RuntimeError("no claimed message on this thread")
+    return job
+
+
+class OrderingMiddleware(Middleware):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        zaap_id = message.args[0]
+        worker_id = UUID(broker.worker_id)  # type: ignore[attr-defined]
+        job = self._claim(zaap_id, UUID(message.message_id), worker_id)
+        if job is None:
+            logger.debug("stale dispatch skipped", extra={"zaap_id": zaap_id})
+            raise StaleDispatch()
+        _current.job = job
+
+    def _claim(self, zaap_id: str, dispatch_id: UUID, worker_id: UUID) -> Job | None:
+        deadline = time.monotonic() + CLAIM_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return self.coordinator.claim(zaap_id, dispatch_id, worker_id)
+            except Exception:
+                if time.monotonic() > deadline:
+                    logger.exception("claim failed; skipping", extra={"zaap_id": zaap_id})
+                    return None
+                logger.warning("claim failed; retrying", extra={"zaap_id": zaap_id}, exc_info=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message,
+                              *, result: object = None, exception: BaseException | None = None) -> None:
+        _current.job = None
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        _current.job = None

@@ -1,0 +1,49 @@
+"""The one small interface every WhatsApp transport implements, and its typed errors.
+
+The WhatsApp edge knows no queue: it is told what to send and says how it went.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+Presence = Literal["composing", "recording", "paused"]
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    zaap_id: str
+    instance_id: UUID
+    phone: str
+    message_type: str
+    payload: dict[str, Any]
+
+
+class TransportError(Exception):
+    """Base of the errors a transport raises; anything else counts as retryable."""
+
+
+class InstanceDisconnected(TransportError):
+    """The instance has no live WhatsApp connection: nothing was sent. The head waits."""
+
+
+class RetryableSendError(TransportError):
+    """The send failed in a way that may pass (timeout, server error): try again later."""
+
+
+class PermanentSendError(TransportError):
+    """The send can never succeed (invalid number, unsupported content): discard."""
+
+
+class Transport(Protocol):
+    def is_connected(self, instance_id: UUID) -> bool: ...
+
+    def send_presence(self, instance_id: UUID, phone: str, presence: Presence) -> None: ...
+
+    def send(self, message: OutgoingMessage) -> str:
+        """Send and return the WhatsApp message id (the sender cannot choose it)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,141 @@
+"""The simulator: a WhatsApp stand-in that records every presence and send in PostgreSQL.
+
+It is the network edge for tests and for trying the product without a phone. Its state per
+instance (connected, failures to inject, latency) lives in `simulator_instances`, so the API
+process can steer what the worker processes see.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from service.db import fetch_all, fetch_one
+from workers.transports.base import (
+    InstanceDisconnected,
+    OutgoingMessage,
+    Presence,
+    RetryableSendError,
+)
+
+STATE = """
+    SELECT connected, latency_ms FROM simulator_instances WHERE instance_id = %(id)s
+"""
+
+# Takes one injected failure, if any, and reads the state in the same statement.
+TAKE_FAILURE = """
+    WITH taken AS (
+        UPDATE simulator_instances SET fail_next = fail_next - 1
+         WHERE instance_id = %(id)s AND fail_next > 0 AND connected
+        RETURNING true AS fail
+    )
+    SELECT s.connected, s.latency_ms, EXISTS (SELECT 1 FROM taken) AS fail
+      FROM simulator_instances s WHERE s.instance_id = %(id)s
+"""
+
+RECORD = """
+    INSERT INTO simulator_events
+        (instance_id, kind, phone, presence, zaap_id, payload, whatsapp_message_id,
+         started_at, ended_at)
+    VALUES (%(id)s, %(kind)s, %(phone)s, %(presence)s, %(zaap_id)s, %(payload)s,
+            %(whatsapp_id)s, %(started_at)s, %(ended_at)s)
+"""
+
+CONFIGURE = """
+    INSERT INTO simulator_instances AS s (instance_id, connected, fail_next, latency_ms)
+    VALUES (%(id)s, COALESCE(%(connected)s, true), COALESCE(%(fail_next)s, 0),
+            COALESCE(%(latency_ms)s, 0))
+    ON CONFLICT (instance_id) DO UPDATE SET
+        connected = COALESCE(%(connected)s, s.connected),
+        fail_next = COALESCE(%(fail_next)s, s.fail_next),
+        latency_ms = COALESCE(%(latency_ms)s, s.latency_ms)
+    RETURNING connected, fail_next, latency_ms
+"""
+
+EVENTS = """
+    SELECT id, kind, phone, presence, zaap_id, payload, whatsapp_message_id,
+           started_at, ended_at
+      FROM simulator_events WHERE instance_id = %(id)s ORDER BY id
+"""
+
+_DEFAULT_STATE = {"connected": True, "latency_ms": 0, "fail": False}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SimulatorTransport:
+    def __init__(self, pool: ConnectionPool, *, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    def _state(self, sql: str, instance_id: UUID) -> dict[str, Any]:
+        return fetch_one(self.pool, sql, {"id": instance_id}) or _DEFAULT_STATE
+
+    def _record(self, **event: Any) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(RECORD, event)
+
+    def is_connected(self, instance_id: UUID) -> bool:
+        return bool(self._state(STATE, instance_id)["connected"])
+
+    def send_presence(self, instance_id: UUID, phone: str, presence: Presence) -> None:
+        if not self.is_connected(instance_id):
+            raise InstanceDisconnected("simulated instance is disconnected")
+        at = _now()
+        self._record(
+            id=instance_id, kind="presence", phone=phone, presence=presence, zaap_id=None,
+            payload=None, whatsapp_id=None, started_at=at, ended_at=at,
+        )
+
+    def send(self, message: OutgoingMessage) -> str:
+        state = self._state(TAKE_FAILURE, message.instance_id)
+        started_at = _now()
+        if not state["connected"]:
+            raise InstanceDisconnected("simulated instance is disconnected")
+        latency = state["latency_ms"] / 1000
+        if latency > self.timeout:
+            time.sleep(self.timeout)
+            raise RetryableSendError(f"simulated send timed out after {self.timeout:g}s")
+        time.sleep(latency)
+        if state["fail"]:
+            raise RetryableSendError("simulated send failure")
+        whatsapp_id = "SIM" + uuid4().hex[:20].upper()
+        self._record(
+            id=message.instance_id, kind="send", phone=message.phone, presence=None,
+            zaap_id=message.zaap_id, payload=Jsonb(message.payload), whatsapp_id=whatsapp_id,
+            started_at=started_at, ended_at=_now(),
+        )
+        return whatsapp_id
+
+    def close(self) -> None:
+        pass
+
+
+# -- control, for the API and the tests -------------------------------------------------------
+
+
+def configure(
+    pool: ConnectionPool,
+    instance_id: UUID,
+    *,
+    connected: bool | None = None,
+    fail_next: int | None = None,
+    latency_ms: int | None = None,
+) -> dict[str, Any]:
+    """Set any of the simulated instance's knobs; returns the resulting state."""
+    params = {"id": instance_id, "connected": connected, "fail_next": fail_next, "latency_ms": latency_ms}
+    row = fetch_one(pool, CONFIGURE, params)
+    assert row is not None
+    return row
+
+
+def events(pool: ConnectionPool, instance_id: UUID) -> list[dict[str, Any]]:
+    """Every presence and send of the instance, in the order they happened."""
+    return fetch_all(pool, EVENTS, {"id": instance_id})

@@ -1,0 +1,208 @@
+"""A running service for one test: the API (uvicorn) and worker processes, as `wmq` starts them.
+
+Processes are real; only WhatsApp is simulated. Helpers wait on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+import psycopg
+from psycopg.rows import dict_row
+
+from service.core import Coordinator
+from service.db import make_pool
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token"
+T = TypeVar("T")
+
+#: Settings for fast, deterministic tests: no jitter, quick polls and liveness.
+TEST_ENV = {
+    "ADMIN_TOKEN": ADMIN_TOKEN,
+    "MESSAGE_QUEUE_MIN_JITTER": "0",
+    "MESSAGE_QUEUE_MAX_JITTER": "0",
+    "MESSAGE_QUEUE_POLL_INTERVAL": "50ms",
+    "MESSAGE_QUEUE_WORKER_THREADS": "4",
+    "MESSAGE_QUEUE_HEARTBEAT_INTERVAL": "1s",
+    "MESSAGE_QUEUE_HEARTBEAT_TTL": "5s",
+    "MESSAGE_QUEUE_MAINTENANCE_INTERVAL": "2s",
+    "MESSAGE_QUEUE_JOB_TIMEOUT": "4s",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def wait_until(condition: Callable[[], T], timeout: float, message: str = "condition", interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, database_url: str, log_dir: Path, env: dict[str, Any]) -> None:
+        self.database_url = database_url
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.env = {
+            **os.environ, **TEST_ENV, **{k: str(v) for k, v in env.items()},
+            "DATABASE_URL": database_url, "PORT": str(self.port), "DATA_DIR": str(log_dir / "data"),
+        }
+        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self._spawned = 0
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def _spawn(self, command: str) -> subprocess.Popen[bytes]:
+        self._spawned += 1
+        log = open(self.log_dir / f"{command}{self._spawned}.log", "wb")  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", command],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def start(self, workers: int = 1) -> None:
+        self.start_api()
+        for _ in range(workers):
+            self.start_worker()
+
+    def start_api(self) -> None:
+        self.api = self._spawn("api")
+
+        def ready() -> bool:
+            assert self.api is not None and self.api.poll() is None, self.logs()
+            try:
+                return self.http.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 30, "the API to be ready")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """Start a worker process and wait until it has registered with the broker."""
+        before = self.live_workers()
+        worker = self._spawn("worker")
+        self.workers.append(worker)
+
+        def registered() -> bool:
+            assert worker.poll() is None, self.logs()
+            return self.live_workers() > before
+
+        wait_until(registered, 30, "the worker to register")
+        return worker
+
+    def live_workers(self) -> int:
+        row = self.one("SELECT count(*) AS n FROM dramatiq.worker WHERE heartbeat_at > now() - interval '5 seconds'")
+        return int(row["n"])
+
+    def stop_process(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                self.stop_process(worker)
+        if self.api and self.api.poll() is None:
+            self.stop_process(self.api)
+        self.http.close()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+    # -- database -------------------------------------------------------------------------------
+
+    def all(self, query: str, params: Any = None) -> list[dict[str, Any]]:
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def one(self, query: str, params: Any = None) -> dict[str, Any]:
+        rows = self.all(query, params)
+        assert len(rows) == 1, rows
+        return rows[0]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of every table a request could write to."""
+        tables = ["instances", "instance_queues", "messages", "message_events", "dramatiq.queue"]
+        return {t: int(self.one(f"SELECT count(*) AS n FROM {t}")["n"]) for t in tables}
+
+    @contextlib.contextmanager
+    def core(self) -> Iterator[Coordinator]:
+        """A Coordinator on this stack's database, as the API builds it, for direct calls."""
+        pool = make_pool(self.database_url, max_size=8, name="wmq-test")
+        try:
+            yield Coordinator(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0))
+        finally:
+            pool.close()
+
+    # -- API --------------------------------------------------------------------------------------
+
+    def create_instance(self, **body: Any) -> dict[str, Any]:
+        response = self.http.post("/instances", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def base(instance: dict[str, Any]) -> str:
+        return f"/instances/{instance['id']}/token/{instance['token']}"
+
+    def send_text(self, instance: dict[str, Any], message: str = "hello", **fields: Any) -> dict[str, Any]:
+        body = {"phone": "5511999999999", "message": message, **fields}
+        response = self.http.post(f"{self.base(instance)}/send-text", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def simulate(self, instance: dict[str, Any], **knobs: Any) -> dict[str, Any]:
+        response = self.http.post(f"/simulator/instances/{instance['id']}", json=knobs)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def events(self, instance: dict[str, Any] | UUID | str) -> list[dict[str, Any]]:
+        """The simulator's record for the instance, straight from the database."""
+        instance_id = instance["id"] if isinstance(instance, dict) else instance
+        return self.all("SELECT * FROM simulator_events WHERE instance_id = %s ORDER BY id", (instance_id,))
+
+    def sends(self, instance: dict[str, Any] | UUID | str) -> list[dict[str, Any]]:
+        return [e for e in self.events(instance) if e["kind"] == "send"]
+
+    def statuses(self, zaap_ids: list[str]) -> dict[str, str]:
+        rows = self.all("SELECT zaap_id, status FROM messages WHERE zaap_id = ANY(%s)", (zaap_ids,))
+        return {r["zaap_id"]: r["status"] for r in rows}
+
+    def wait_completed(self, zaap_ids: list[str], timeout: float) -> None:
+        def done() -> bool:
+            statuses = self.statuses(zaap_ids)
+            return len(statuses) == len(zaap_ids) and all(s == "completed" for s in statuses.values())
+
+        try:
+            wait_until(done, timeout, f"{len(zaap_ids)} messages to complete", interval=0.2)
+        except AssertionError:
+            pending = {z: s for z, s in self.statuses(zaap_ids).items() if s != "completed"}
+            raise AssertionError(f"not completed: {list(pending.items())[:10]} ({len(pending)})\n{self.logs()}") from None

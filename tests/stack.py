@@ -204,5 +204,5 @@ class Stack:
         try:
             wait_until(done, timeout, f"{len(zaap_ids)} messages to complete", interval=0.2)
         except AssertionError:
-            pending = {z: s for z, s in self.statuses(zaap_ids).items() if s != "completed"}
-            raise AssertionError(f"not completed: {list(pending.items())[:10]} ({len(pending)})\n{self.logs()}") from None
+            pending = [(z, s) for z, s in self.statuses(zaap_ids).items() if s != "completed"]
+            raise AssertionError(f"{len(pending)} not completed: {pending[:10]}\n{self.logs()}") from None

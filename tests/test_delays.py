@@ -4,6 +4,7 @@ held thread."""
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +18,7 @@ def test_delay_message_spaces_sends(stack: Stack) -> None:
     stack.wait_completed(ids, timeout=30)
     sends = stack.sends(instance)
     assert [s["zaap_id"] for s in sends] == ids
-    for earlier, later in zip(sends, sends[1:]):
+    for earlier, later in pairwise(sends):
         assert later["started_at"] - earlier["started_at"] >= timedelta(seconds=2)
 
 
@@ -106,5 +107,5 @@ def test_pacing_holds_after_a_backlog(stack: Stack) -> None:
     stack.http.post(f"{stack.base(instance)}/resume")
     stack.wait_completed(ids, timeout=30)
     sends = stack.sends(instance)
-    for earlier, later in zip(sends, sends[1:]):
+    for earlier, later in pairwise(sends):
         assert later["started_at"] - earlier["ended_at"] >= timedelta(seconds=1)

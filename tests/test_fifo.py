@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Any
 
 import psycopg
@@ -59,7 +60,7 @@ def test_two_worker_processes_never_overlap_an_instance(make_stack: Any) -> None
     workers_used = set()
     for instance_id in accepted:
         sends = stack.sends(instance_id)
-        for earlier, later in zip(sends, sends[1:]):
+        for earlier, later in pairwise(sends):
             assert later["started_at"] >= earlier["ended_at"], f"overlapping sends on {instance_id}"
         workers_used |= {
             r["worker_id"] for r in stack.all(

@@ -1,0 +1,114 @@
+"""Bad input gets a 4xx JSON error naming the field, and nothing is stored."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.stack import ADMIN_TOKEN, ROOT, Stack
+
+
+def send(stack: Stack, path: str, *, content: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    response = stack.http.post(path, content=content, headers={"Content-Type": "application/json", **(headers or {})})
+    return response.status_code, response.json()
+
+
+CASES = [
+    # (body, expected status, expected field)
+    (b'{"message": "hi"}', 400, "phone"),
+    (b'{"phone": "", "message": "hi"}', 400, "phone"),
+    (b'{"phone": "   ", "message": "hi"}', 400, "phone"),
+    (b'{"phone": "not-a-number", "message": "hi"}', 400, "phone"),
+    (b'{"phone": ["5511999999999"], "message": "hi"}', 400, "phone"),
+    (b'{"phone": "5511999999999"}', 400, "message"),
+    (b'{"phone": "5511999999999", "message": ""}', 400, "message"),
+    (b'{"phone": "5511999999999", "message": 42}', 400, "message"),
+    (b'{"phone": "5511999999999", "message": "hi", "delayMessage": "soon"}', 400, "delayMessage"),
+    (b'{"phone": "5511999999999", "message": "hi", "delayMessage": -1}', 400, "delayMessage"),
+    (b'{"phone": "5511999999999", "message": "hi", "delayMessage": true}', 400, "delayMessage"),
+    (b'{"phone": "5511999999999", "message": "hi", "delayTyping": -0.5}', 400, "delayTyping"),
+    (b'{"phone": "5511999999999", "message": "hi", "delayTyping": "2"}', 400, "delayTyping"),
+    (b'{"phone": "5511999999999", "message": "hi", "scheduledFor": "tomorrow"}', 400, "scheduledFor"),
+    (b'{"phone": "5511999999999", "message": "hi", "scheduledFor": "2030-01-01T10:00:00"}', 400, "scheduledFor"),
+    (b'{"phone": "5511999999999", "message": "hi"', 400, "body"),
+    (b"not json at all", 400, "body"),
+    (b'["5511999999999", "hi"]', 400, "body"),
+    (b'"hello"', 400, "body"),
+    (b"", 400, "body"),
+]
+
+
+def test_invalid_bodies_are_refused_and_store_nothing(stack: Stack) -> None:
+    instance = stack.create_instance()
+    before = stack.counts()
+    for body, status, field in CASES:
+        code, answer = send(stack, f"{stack.base(instance)}/send-text", content=body)
+        assert (code, answer.get("field")) == (status, field), (body, answer)
+        assert answer["error"], body
+    assert stack.counts() == before
+
+
+def test_wrong_instance_or_credentials_are_refused_and_store_nothing(stack: Stack) -> None:
+    instance = stack.create_instance()
+    guarded = stack.create_instance(clientToken="secret-client-token")
+    body = b'{"phone": "5511999999999", "message": "hi"}'
+    before = stack.counts()
+    cases = [
+        (f"/instances/{uuid.uuid4()}/token/{instance['token']}/send-text", {}, 404, "instance"),
+        (f"/instances/not-a-uuid/token/{instance['token']}/send-text", {}, 404, "instance"),
+        (f"/instances/{instance['id']}/token/wrong-token/send-text", {}, 401, "token"),
+        (f"{stack.base(guarded)}/send-text", {}, 401, "Client-Token"),
+        (f"{stack.base(guarded)}/send-text", {"Client-Token": "wrong"}, 401, "Client-Token"),
+    ]
+    for path, headers, status, field in cases:
+        code, answer = send(stack, path, content=body, headers=headers)
+        assert (code, answer.get("field")) == (status, field), (path, answer)
+    assert stack.counts() == before
+
+    code, _ = send(stack, f"{stack.base(guarded)}/send-text", content=body,
+                   headers={"Client-Token": "secret-client-token"})
+    assert code == 200
+
+
+def test_admin_routes_need_the_admin_token(stack: Stack) -> None:
+    before = stack.counts()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):
+        response = stack.http.post("/instances", headers=headers)
+        assert response.status_code == 401 and response.json()["field"] == "Authorization"
+    assert stack.counts() == before
+
+
+def test_unknown_message_and_paging_errors(stack: Stack) -> None:
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    assert stack.http.get(f"{base}/queue/{'0' * 32}").status_code == 404
+    assert stack.http.delete(f"{base}/queue/{'0' * 32}").status_code == 404
+    response = stack.http.get(f"{base}/queue", params={"limit": "0"})
+    assert response.status_code == 400 and response.json()["field"] == "limit"
+    # Another instance's message is not visible through this instance's token.
+    other = stack.create_instance()
+    zaap_id = stack.send_text(other, "hidden", delayMessage=3600)["zaapId"]
+    assert stack.http.get(f"{base}/queue/{zaap_id}").status_code == 404
+    assert stack.http.delete(f"{base}/queue/{zaap_id}").status_code == 404
+    assert stack.statuses([zaap_id]) == {zaap_id: "scheduled"}
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"MESSAGE_QUEUE_WORKER_MAX_WORKERS": "2"}, "MESSAGE_QUEUE_WORKER_MAX_WORKERS must be 1"),
+        ({"MESSAGE_QUEUE_POLL_INTERVAL": "soon"}, "is not a duration"),
+        ({"MESSAGE_QUEUE_MIN_JITTER": "5s", "MESSAGE_QUEUE_MAX_JITTER": "1s"}, "MIN_JITTER"),
+        ({"MESSAGE_QUEUE_JOB_TIMEOUT": "2m", "MESSAGE_QUEUE_HEARTBEAT_TTL": "60s"}, "JOB_TIMEOUT"),
+    ],
+)
+def test_invalid_settings_are_refused_at_start(env: dict[str, str], complaint: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://unused/unused", **env},
+    )
+    assert result.returncode == 2
+    assert complaint in result.stderr

@@ -40,7 +40,12 @@ CREATE TABLE messages (
     delay_typing_ms      bigint NOT NULL DEFAULT 0 CHECK (delay_typing_ms >= 0),
     -- The random spacing drawn at enqueue, reused when pacing after a backlog (§3.5).
     jitter_ms            bigint NOT NULL DEFAULT 0 CHECK (jitter_ms >= 0),
+    -- The chained due time (§3.1): when the message is expected to go, shown to users.
     scheduled_at         timestamptz NOT NULL,
+    -- The message's own earliest time: GREATEST(scheduledFor, accepted + delay). Dispatch uses
+    -- it with the previous send (§3.5), so that cancelling a delayed message does not hold
+    -- back its successors by the delay it no longer has.
+    not_before           timestamptz NOT NULL,
     status               text NOT NULL CHECK (status IN (
                              'scheduled', 'running', 'typing', 'sending',
                              'completed', 'cancelled', 'discarded', 'retryable')),

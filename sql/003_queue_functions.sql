@@ -98,8 +98,10 @@ END
 $$;
 
 -- Dispatch the head of an instance if it is waiting to be dispatched: the lowest unfinished
--- sequence, not in flight, not already in the broker, and the instance not paused. Its due
--- time keeps the pacing after a backlog: never before sent_at(previous) + delay + jitter.
+-- sequence, not in flight, not already in the broker, and the instance not paused. It is due
+-- at its own earliest time, and never before sent_at(previous) + delay + jitter: pacing holds
+-- after a backlog. While every predecessor is sent this equals the chained scheduled_at or
+-- later; after a cancel or a discard it is earlier, as it should be.
 -- The caller holds the instance lock (R1). With p_redispatch, a head already in the broker is
 -- dispatched anew (its old broker row withdrawn): resume uses it, since a paused head's broker
 -- message may have been consumed and skipped meanwhile. Returns the dispatched zaap_id, or NULL.
@@ -111,7 +113,7 @@ DECLARE
     h record;
     q record;
 BEGIN
-    SELECT m.zaap_id, m.status, m.dispatch_id, m.scheduled_at, m.delay_message_ms, m.jitter_ms
+    SELECT m.zaap_id, m.status, m.dispatch_id, m.not_before, m.delay_message_ms, m.jitter_ms
       INTO h
       FROM messages m
      WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status)
@@ -131,7 +133,7 @@ BEGIN
 
     PERFORM wmq_dispatch(
         h.zaap_id, 1::smallint,
-        GREATEST(h.scheduled_at, q.last_sent_at + wmq_ms(h.delay_message_ms + h.jitter_ms)),
+        GREATEST(h.not_before, q.last_sent_at + wmq_ms(h.delay_message_ms + h.jitter_ms)),
         p_queue, p_actor);
     RETURN h.zaap_id;
 END
@@ -155,10 +157,11 @@ BEGIN
     PERFORM wmq_set_detail(NULL);
     INSERT INTO messages (
         zaap_id, instance_id, sequence, message_type, phone, payload,
-        delay_message_ms, delay_typing_ms, jitter_ms, scheduled_at, status, max_attempts)
+        delay_message_ms, delay_typing_ms, jitter_ms, scheduled_at, not_before, status, max_attempts)
     VALUES (
         p_zaap, p_instance, n.sequence, p_type, p_phone, p_payload,
-        p_delay_ms, p_typing_ms, p_jitter_ms, n.scheduled_at, 'scheduled', p_max_attempts);
+        p_delay_ms, p_typing_ms, p_jitter_ms, n.scheduled_at,
+        GREATEST(p_scheduled_for, now() + wmq_ms(p_delay_ms)), 'scheduled', p_max_attempts);
 
     -- `available`: dispatched and due (waiting for a worker thread); else `scheduled`.
     RETURN QUERY SELECT n.sequence, n.scheduled_at,

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -56,6 +57,12 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     return error(exc.status, str(exc), exc.field)
 
 
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Unknown route or method: JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail), "path" if exc.status_code == 404 else "method")
+
+
 async def on_core_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CoreError)
     if isinstance(exc, (InstanceNotFound, JobNotFound)):
@@ -82,5 +89,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     return Starlette(
         routes=routes(settings),
         lifespan=lifespan,
-        exception_handlers={ValidationError: on_validation_error, CoreError: on_core_error},
+        exception_handlers={
+            ValidationError: on_validation_error,
+            CoreError: on_core_error,
+            HTTPException: on_http_error,
+        },
     )

@@ -1,0 +1,92 @@
+"""The queue as users see it over HTTP: listing, one message with its history, stats, cancel,
+pause and resume, health, and the seed's SQL views."""
+
+from __future__ import annotations
+
+from tests.stack import Stack
+
+
+def test_queue_listing_and_message_detail(stack: Stack) -> None:
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    first = stack.send_text(instance, "now")
+    later = [stack.send_text(instance, f"later {n}", delayMessage=3600) for n in range(3)]
+    stack.wait_completed([first["zaapId"]], timeout=30)
+
+    page = stack.http.get(f"{base}/queue", params={"limit": 2, "offset": 1}).json()
+    assert page["total"] == 4
+    assert [m["zaapId"] for m in page["messages"]] == [later[0]["zaapId"], later[1]["zaapId"]]
+    pending = stack.http.get(f"{base}/queue", params={"status": "pending"}).json()
+    assert [m["zaapId"] for m in pending["messages"]] == [m["zaapId"] for m in later]
+    assert pending["total"] == 3
+
+    done = stack.http.get(f"{base}/queue/{first['zaapId']}").json()
+    assert done["status"] == "completed" and done["position"] is None
+    assert done["whatsappMessageId"].startswith("SIM") and done["messageId"] == done["whatsappMessageId"]
+    assert [e["to"] for e in done["events"]] == ["scheduled", "running", "sending", "completed"]
+
+    third = stack.http.get(f"{base}/queue/{later[2]['zaapId']}").json()
+    assert (third["status"], third["position"], third["sequence"]) == ("scheduled", 3, 4)
+
+    stats = stack.http.get(f"{base}/queue/stats").json()
+    assert (stats["completed"], stats["scheduled"], stats["total"]) == (1, 3, 4)
+
+
+def test_cancelled_head_lets_the_next_one_go(stack: Stack) -> None:
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    head = stack.send_text(instance, "cancel me", delayMessage=3600)
+    tail = stack.send_text(instance, "me next")
+    response = stack.http.delete(f"{base}/queue/{head['zaapId']}")
+    assert response.status_code == 200 and response.json()["previousStatus"] == "scheduled"
+    stack.wait_completed([tail["zaapId"]], timeout=30)
+    assert [s["zaap_id"] for s in stack.sends(instance)] == [tail["zaapId"]]
+    # The withdrawn dispatch is gone from the broker; cancelling again is refused.
+    assert stack.one("SELECT count(*) AS n FROM dramatiq.queue")["n"] == 0
+    again = stack.http.delete(f"{base}/queue/{head['zaapId']}")
+    assert again.status_code == 409 and again.json()["field"] == "zaapId"
+
+
+def test_cancel_all_touches_one_instance_only(stack: Stack) -> None:
+    one, other = stack.create_instance(), stack.create_instance()
+    ids = [stack.send_text(one, "x", delayMessage=3600)["zaapId"] for _ in range(3)]
+    kept = stack.send_text(other, "y", delayMessage=3600)["zaapId"]
+    assert stack.http.delete(f"{stack.base(one)}/queue").json() == {"cancelled": 3}
+    assert set(stack.statuses(ids).values()) == {"cancelled"}
+    assert stack.statuses([kept]) == {kept: "scheduled"}
+
+
+def test_paused_instance_keeps_its_messages_until_resumed(stack: Stack) -> None:
+    paused, running = stack.create_instance(), stack.create_instance()
+    assert stack.http.post(f"{stack.base(paused)}/pause").json() == {"paused": True}
+    held = [stack.send_text(paused, f"held {n}")["zaapId"] for n in range(3)]
+    flowing = stack.send_text(running, "flows")["zaapId"]
+    stack.wait_completed([flowing], timeout=30)
+    assert set(stack.statuses(held).values()) == {"scheduled"}
+    assert stack.sends(paused) == []
+    assert stack.http.post(f"{stack.base(paused)}/resume").json() == {"paused": False}
+    stack.wait_completed(held, timeout=30)
+    assert [s["zaap_id"] for s in stack.sends(paused)] == held
+
+
+def test_health_and_unknown_routes(stack: Stack) -> None:
+    assert stack.http.get("/healthz").json() == {"status": "ok"}
+    assert stack.http.get("/readyz").json() == {"status": "ready"}
+    missing = stack.http.get("/nope")
+    assert missing.status_code == 404 and missing.json()["field"] == "path"
+    wrong = stack.http.put("/instances")
+    assert wrong.status_code == 405 and wrong.json()["field"] == "method"
+
+
+def test_seed_views_report_the_queues(stack: Stack) -> None:
+    instance = stack.create_instance()
+    done = stack.send_text(instance, "done")["zaapId"]
+    stack.wait_completed([done], timeout=30)
+    waiting = stack.send_text(instance, "waits", delayMessage=3600)["zaapId"]
+    stats = stack.one("SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %s", (instance["id"],))
+    assert (stats["completed"], stats["scheduled"], stats["last_sequence"]) == (1, 1, 2)
+    active = stack.one("SELECT * FROM v_active_queues WHERE instance_id = %s", (instance["id"],))
+    assert (active["pending"], active["head_zaap_id"]) == (1, waiting)
+    summary = stack.one("SELECT * FROM v_message_sequences_summary WHERE instance_id = %s", (instance["id"],))
+    assert (summary["pending"], summary["last_completed_sequence"]) == (1, 1)
+    assert stack.all("SELECT * FROM v_recent_failed_jobs") == []

@@ -3,7 +3,7 @@ pause and resume, health, and the seed's SQL views."""
 
 from __future__ import annotations
 
-from tests.stack import Stack
+from tests.stack import ADMIN_TOKEN, Stack
 
 
 def test_queue_listing_and_message_detail(stack: Stack) -> None:
@@ -90,3 +90,19 @@ def test_seed_views_report_the_queues(stack: Stack) -> None:
     summary = stack.one("SELECT * FROM v_message_sequences_summary WHERE instance_id = %s", (instance["id"],))
     assert (summary["pending"], summary["last_completed_sequence"]) == (1, 1)
     assert stack.all("SELECT * FROM v_recent_failed_jobs") == []
+
+
+def test_removed_instance_takes_its_queue_with_it(stack: Stack) -> None:
+    instance, other = stack.create_instance(), stack.create_instance()
+    stack.send_text(instance, "never sent", delayMessage=3600)
+    kept = stack.send_text(other, "kept", delayMessage=3600)["zaapId"]
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert stack.http.delete(f"/instances/{instance['id']}", headers=admin).status_code == 204
+    assert stack.http.delete(f"/instances/{instance['id']}", headers=admin).status_code == 404
+    assert stack.one("SELECT count(*) AS n FROM messages WHERE instance_id = %s", (instance["id"],))["n"] == 0
+    assert stack.one("SELECT count(*) AS n FROM dramatiq.queue")["n"] == 1, "only the other instance's dispatch"
+    assert stack.statuses([kept]) == {kept: "scheduled"}
+    response = stack.http.post(f"{stack.base(instance)}/send-text", json={"phone": "5511999999999", "message": "x"})
+    assert response.status_code == 404
+    listed = stack.http.get("/instances", headers=admin).json()
+    assert [i["id"] for i in listed] == [other["id"]]

@@ -122,6 +122,9 @@ CREATE TABLE simulator_instances (
     instance_id  uuid PRIMARY KEY,
     connected    boolean NOT NULL DEFAULT true,
     fail_next    integer NOT NULL DEFAULT 0 CHECK (fail_next >= 0),
+    -- How the next `fail_next` sends fail: 'retryable' (a timeout, say) or 'permanent'
+    -- (an invalid number).
+    fail_mode    text NOT NULL DEFAULT 'retryable' CHECK (fail_mode IN ('retryable', 'permanent')),
     latency_ms   integer NOT NULL DEFAULT 0 CHECK (latency_ms >= 0)
 );
 

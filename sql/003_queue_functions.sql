@@ -97,6 +97,32 @@ BEGIN
 END
 $$;
 
+-- Ask a worker to show a presence (a cancelled message's "typing…" must end with `paused`). It
+-- carries no message: the ordering middleware lets it through without a claim.
+CREATE FUNCTION wmq_dispatch_presence(
+    p_instance uuid, p_phone text, p_presence text, p_queue text, p_actor text)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid := gen_random_uuid();
+BEGIN
+    INSERT INTO dramatiq.queue (queue_name, message_id, state, message, available_at)
+    VALUES (
+        p_queue, v_id, 'queued',
+        jsonb_build_object(
+            'queue_name', p_queue,
+            'actor_name', p_actor,
+            'args', jsonb_build_array(p_instance::text, p_phone, p_presence),
+            'kwargs', '{}'::jsonb,
+            'options', '{}'::jsonb,
+            'message_id', v_id::text,
+            'message_timestamp', (extract(epoch FROM clock_timestamp()) * 1000)::bigint),
+        now());
+    PERFORM pg_notify('dramatiq.' || p_queue || '.enqueue', '');
+    RETURN v_id;
+END
+$$;
+
 -- Dispatch the head of an instance if it is waiting to be dispatched: the lowest unfinished
 -- sequence, not in flight, not already in the broker, and the instance not paused. It is due
 -- at its own earliest time, and never before sent_at(previous) + delay + jitter: pacing holds
@@ -221,12 +247,13 @@ END
 $$;
 
 -- §1.7: mark the message as being sent before the WhatsApp call, so a crash leaves it
--- visibly uncertain. Does not change the head: no instance lock needed.
+-- visibly uncertain. `attempts` counts send attempts, this one included. Does not change the
+-- head: no instance lock needed.
 CREATE FUNCTION wmq_mark_sending(p_zaap text, p_worker uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM wmq_set_detail(NULL);
-    UPDATE messages SET status = 'sending'
+    UPDATE messages SET status = 'sending', attempts = attempts + 1
      WHERE zaap_id = p_zaap AND status = 'running' AND worker_id = p_worker;
     RETURN FOUND;
 END
@@ -258,7 +285,9 @@ $$;
 
 -- §3.6: a failed attempt. Retryable errors stay head and come back after the backoff; the
 -- last allowed attempt, or a permanent error, discards the message and lets the next go.
--- Returns the new status, or NULL when the message was not this worker's any more.
+-- A failure before the send (status running: the presence, say) counts as an attempt too,
+-- so that nothing retries forever. Returns the new status, or NULL when the message was not
+-- this worker's any more.
 CREATE FUNCTION wmq_fail(
     p_zaap text, p_worker uuid, p_error text, p_permanent boolean, p_backoff_ms bigint,
     p_queue text, p_actor text)
@@ -271,15 +300,16 @@ BEGIN
     v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
     PERFORM wmq_lock_instance(v_instance);
     PERFORM wmq_set_detail(p_error);
-    UPDATE messages
-       SET attempts = attempts + 1,
+    UPDATE messages m
+       SET attempts = c.attempts,
            last_error = p_error,
-           status = CASE WHEN p_permanent OR attempts + 1 >= max_attempts
+           status = CASE WHEN p_permanent OR c.attempts >= m.max_attempts
                          THEN 'discarded' ELSE 'retryable' END,
-           finished_at = CASE WHEN p_permanent OR attempts + 1 >= max_attempts
-                              THEN now() END
-     WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker
-    RETURNING status INTO v_status;
+           finished_at = CASE WHEN p_permanent OR c.attempts >= m.max_attempts THEN now() END
+      FROM (SELECT CASE WHEN status = 'running' THEN attempts + 1 ELSE attempts END AS attempts
+              FROM messages WHERE zaap_id = p_zaap) c
+     WHERE m.zaap_id = p_zaap AND m.status IN ('running', 'sending') AND m.worker_id = p_worker
+    RETURNING m.status INTO v_status;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -302,7 +332,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
     PERFORM wmq_set_detail(p_reason);
-    UPDATE messages SET status = 'scheduled', worker_id = NULL
+    -- A send refused for want of a connection did not happen: it is no attempt.
+    UPDATE messages
+       SET status = 'scheduled', worker_id = NULL,
+           attempts = CASE WHEN status = 'sending' THEN attempts - 1 ELSE attempts END
      WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker;
     IF NOT FOUND THEN
         RETURN false;
@@ -314,14 +347,14 @@ $$;
 
 -- §3.8: cancel one message. Allowed while nothing is being sent; refused for running and
 -- sending. Returns the status the message had (NULL if unknown) and whether it was cancelled.
-CREATE FUNCTION wmq_cancel(p_zaap text, p_queue text, p_actor text)
+CREATE FUNCTION wmq_cancel(p_zaap text, p_queue text, p_actor text, p_presence_actor text)
 RETURNS TABLE (previous_status text, cancelled boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     m record;
 BEGIN
     PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
-    SELECT zaap_id, instance_id, status, dispatch_id INTO m
+    SELECT zaap_id, instance_id, status, dispatch_id, phone INTO m
       FROM messages WHERE zaap_id = p_zaap FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT NULL::text, false;
@@ -334,6 +367,9 @@ BEGIN
     PERFORM wmq_set_detail('cancelled by request');
     UPDATE messages SET status = 'cancelled', finished_at = now() WHERE zaap_id = p_zaap;
     DELETE FROM dramatiq.queue WHERE message_id = m.dispatch_id AND state = 'queued';
+    IF m.status = 'typing' THEN
+        PERFORM wmq_dispatch_presence(m.instance_id, m.phone, 'paused', p_queue, p_presence_actor);
+    END IF;
     PERFORM wmq_dispatch_head(m.instance_id, p_queue, p_actor);
     RETURN QUERY SELECT m.status, true;
 END
@@ -341,7 +377,7 @@ $$;
 
 -- §3.8: cancel every pending message of one instance (in-flight ones finish). Returns how
 -- many were cancelled, or NULL for an unknown instance.
-CREATE FUNCTION wmq_cancel_all(p_instance uuid) RETURNS integer
+CREATE FUNCTION wmq_cancel_all(p_instance uuid, p_queue text, p_presence_actor text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_count integer;
@@ -350,6 +386,9 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM wmq_set_detail('cancelled by request (whole queue)');
+    -- The typing one, if any, must end its presence (read before the update changes it).
+    PERFORM wmq_dispatch_presence(p_instance, phone, 'paused', p_queue, p_presence_actor)
+       FROM messages WHERE instance_id = p_instance AND status = 'typing';
     WITH cancelled AS (
         UPDATE messages SET status = 'cancelled', finished_at = now()
          WHERE instance_id = p_instance AND status IN ('scheduled', 'retryable', 'typing')
@@ -382,5 +421,171 @@ BEGIN
         PERFORM wmq_dispatch_head(p_instance, p_queue, p_actor, true);
     END IF;
     RETURN true;
+END
+$$;
+
+-- §3.4: an instance's connection changed (a transport event, or the simulator's switch).
+-- On connect, a head waiting out a snooze is dispatched again at once (paced as usual) rather
+-- than at the next check. Returns false for an unknown instance.
+CREATE FUNCTION wmq_set_connection(
+    p_instance uuid, p_state text, p_detail text, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    h record;
+    q record;
+BEGIN
+    IF NOT wmq_lock_instance(p_instance) THEN
+        RETURN false;
+    END IF;
+    UPDATE instances
+       SET connection_state = p_state, connection_detail = p_detail,
+           connection_changed_at = now(), updated_at = now()
+     WHERE id = p_instance
+    RETURNING paused INTO q;
+    IF p_state <> 'connected' OR q.paused THEN
+        RETURN true;
+    END IF;
+    SELECT m.zaap_id, m.not_before, m.delay_message_ms, m.jitter_ms INTO h
+      FROM messages m
+     WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status)
+     ORDER BY m.sequence LIMIT 1;
+    IF FOUND AND (SELECT status FROM messages WHERE zaap_id = h.zaap_id) = 'scheduled' THEN
+        PERFORM wmq_dispatch(
+            h.zaap_id, 1::smallint,
+            GREATEST(h.not_before,
+                     (SELECT last_sent_at FROM instance_queues WHERE instance_id = p_instance)
+                     + wmq_ms(h.delay_message_ms + h.jitter_ms)),
+            p_queue, p_actor);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- R5, §3.7: recover the messages of dead workers (no broker heartbeat within p_ttl_s). A
+-- `running` message had not reached the send: it goes again. A `sending` one may or may not
+-- have reached WhatsApp: with p_resend it is sent again (at-least-once; the attempt counts),
+-- otherwise discarded with that reason. `typing` holds no worker: its phase-2 dispatch is in
+-- the broker (and if not, wmq_redispatch_orphans finds it). Each message is re-checked under
+-- its instance lock, so two maintenance loops never recover one twice.
+CREATE FUNCTION wmq_rescue(
+    p_ttl_s double precision, p_resend boolean, p_queue text, p_actor text)
+RETURNS TABLE (zaap_id text, instance_id uuid, sequence bigint, from_status text, to_status text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    m record;
+    v_status text;
+BEGIN
+    FOR c IN
+        SELECT x.zaap_id, x.instance_id FROM messages x
+         WHERE x.status IN ('running', 'sending')
+           AND NOT EXISTS (
+               SELECT 1 FROM dramatiq.worker w
+                WHERE w.worker_id = x.worker_id
+                  AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s))
+         ORDER BY x.instance_id
+    LOOP
+        PERFORM wmq_lock_instance(c.instance_id);
+        SELECT x.zaap_id, x.instance_id, x.sequence, x.status, x.attempts, x.max_attempts, x.worker_id
+          INTO m FROM messages x WHERE x.zaap_id = c.zaap_id FOR UPDATE;
+        -- Re-check under the lock: another loop may have been first, or the worker came back.
+        IF m.status NOT IN ('running', 'sending') OR EXISTS (
+               SELECT 1 FROM dramatiq.worker w
+                WHERE w.worker_id = m.worker_id
+                  AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s)) THEN
+            CONTINUE;
+        END IF;
+
+        IF m.status = 'running' THEN
+            v_status := 'scheduled';
+            PERFORM wmq_set_detail('rescued: worker ' || m.worker_id || ' died before the send');
+        ELSIF p_resend AND m.attempts < m.max_attempts THEN
+            v_status := 'retryable';
+            PERFORM wmq_set_detail('uncertain: worker ' || m.worker_id
+                || ' died during the send; sending again (MESSAGE_QUEUE_RESEND_UNCERTAIN=true)');
+        ELSE
+            v_status := 'discarded';
+            PERFORM wmq_set_detail('uncertain: worker ' || m.worker_id || ' died during the send; '
+                || CASE WHEN p_resend THEN 'no attempts left'
+                        ELSE 'not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)' END);
+        END IF;
+        UPDATE messages x
+           SET status = v_status,
+               last_error = CASE WHEN m.status = 'sending' THEN current_setting('wmq.event_detail')
+                                 ELSE x.last_error END,
+               finished_at = CASE WHEN v_status = 'discarded' THEN now() END
+         WHERE x.zaap_id = m.zaap_id;
+        IF v_status = 'discarded' THEN
+            PERFORM wmq_dispatch_head(m.instance_id, p_queue, p_actor);
+        ELSE
+            PERFORM wmq_dispatch(m.zaap_id, 1::smallint, now(), p_queue, p_actor);
+        END IF;
+        RETURN QUERY SELECT m.zaap_id, m.instance_id, m.sequence, m.status, v_status;
+    END LOOP;
+END
+$$;
+
+-- §3.7: heads that should be in the broker and are not (a consumed message whose claim failed,
+-- a lost dispatch) are dispatched again. A head counts as orphaned when it waits for a worker
+-- (scheduled, retryable, typing), its instance is not paused, and no broker row carries its
+-- dispatch id. Re-checked under the instance lock.
+CREATE FUNCTION wmq_redispatch_orphans(p_queue text, p_actor text)
+RETURNS TABLE (zaap_id text, instance_id uuid, sequence bigint, status text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    h record;
+BEGIN
+    FOR c IN
+        SELECT DISTINCT x.instance_id FROM messages x
+         WHERE x.status IN ('scheduled', 'retryable', 'typing')
+           AND CASE WHEN x.dispatch_id IS NOT NULL
+                    THEN NOT EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = x.dispatch_id)
+                    -- Never dispatched: only a head should have been.
+                    ELSE NOT EXISTS (SELECT 1 FROM messages p
+                                      WHERE p.instance_id = x.instance_id AND p.sequence < x.sequence
+                                        AND wmq_is_unfinished(p.status)) END
+    LOOP
+        PERFORM wmq_lock_instance(c.instance_id);
+        SELECT x.zaap_id, x.sequence, x.status, x.dispatch_id, x.phase, i.paused INTO h
+          FROM messages x JOIN instances i ON i.id = x.instance_id
+         WHERE x.instance_id = c.instance_id AND wmq_is_unfinished(x.status)
+         ORDER BY x.sequence LIMIT 1;
+        IF NOT FOUND OR h.paused OR h.status NOT IN ('scheduled', 'retryable', 'typing')
+           OR EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = h.dispatch_id) THEN
+            CONTINUE;
+        END IF;
+        PERFORM wmq_set_detail(NULL);
+        IF h.status = 'typing' THEN
+            PERFORM wmq_dispatch(h.zaap_id, 2::smallint, now(), p_queue, p_actor);
+        ELSIF h.dispatch_id IS NULL THEN
+            PERFORM wmq_dispatch_head(c.instance_id, p_queue, p_actor);
+        ELSE
+            PERFORM wmq_dispatch(h.zaap_id, 1::smallint, now(), p_queue, p_actor);
+        END IF;
+        RETURN QUERY SELECT h.zaap_id, c.instance_id, h.sequence, h.status;
+    END LOOP;
+END
+$$;
+
+-- Retention: finished messages (with their history) older than the period, in batches.
+CREATE FUNCTION wmq_purge_finished(p_retention_s double precision, p_batch integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    DELETE FROM messages
+     WHERE zaap_id IN (
+        SELECT zaap_id FROM messages
+         WHERE finished_at IS NOT NULL
+           AND finished_at < now() - make_interval(secs => p_retention_s)
+         ORDER BY finished_at
+         LIMIT p_batch);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    DELETE FROM simulator_events
+     WHERE ended_at < now() - make_interval(secs => p_retention_s);
+    RETURN v_count;
 END
 $$;

@@ -15,7 +15,7 @@ from uuid import UUID
 import dramatiq
 
 from service.core import Coordinator
-from service.core.models import DELIVER_ACTOR, Job
+from service.core.models import DELIVER_ACTOR, PRESENCE_ACTOR, Job
 from service.settings import Settings
 from workers.ordering import current_job
 from workers.transports import (
@@ -132,5 +132,22 @@ class Deliverer:
         logger.warning("send failed", extra={**log_context(job), "error": error, "status": status})
 
 
-def declare_actor(broker: dramatiq.Broker, deliverer: Deliverer, queue_name: str) -> dramatiq.Actor[Any, Any]:
-    return dramatiq.actor(deliverer, actor_name=DELIVER_ACTOR, queue_name=queue_name, broker=broker)
+class PresenceSender:
+    """The body of the `presence` actor: show a presence with no message (a cancelled
+    message's typing ends with `paused`). Best effort: a failure is logged, never retried."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def __call__(self, instance_id: str, phone: str, presence: Presence) -> None:
+        try:
+            self.transport.send_presence(UUID(instance_id), phone, presence)
+        except Exception:
+            logger.warning("presence not shown", extra={"instance_id": instance_id, "presence": presence},
+                           exc_info=True)
+
+
+def declare_actors(broker: dramatiq.Broker, deliverer: Deliverer, presence: PresenceSender,
+                   queue_name: str) -> None:
+    dramatiq.actor(deliverer, actor_name=DELIVER_ACTOR, queue_name=queue_name, broker=broker)
+    dramatiq.actor(presence, actor_name=PRESENCE_ACTOR, queue_name=queue_name, broker=broker)

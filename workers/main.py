@@ -17,8 +17,9 @@ import dramatiq
 from service.core import Coordinator
 from service.db import make_pool
 from service.settings import Settings
-from workers.actors import Deliverer, declare_actor
+from workers.actors import Deliverer, PresenceSender, declare_actors
 from workers.broker import build_broker
+from workers.maintenance import MaintenanceLoop
 from workers.ordering import OrderingMiddleware
 from workers.transports import build_transport
 
@@ -39,7 +40,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
     broker = build_broker(pool, settings, [OrderingMiddleware(coordinator)])
     dramatiq.set_broker(broker)
     deliverer = Deliverer(coordinator, transport, settings, UUID(broker.worker_id))
-    declare_actor(broker, deliverer, settings.message_queue_name)
+    declare_actors(broker, deliverer, PresenceSender(transport), settings.message_queue_name)
+    maintenance = MaintenanceLoop(coordinator, settings.message_queue_maintenance_interval)
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
     # Claim no more than we can run: messages claimed ahead by a worker that dies wait out the
@@ -57,10 +59,14 @@ def run_worker(settings: Settings, database_url: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     worker.start()
+    maintenance.start()
     logger.info("worker started", extra={
         "worker_id": broker.worker_id, "threads": threads, "queue": settings.message_queue_name,
     })
     stopping.wait()
+    maintenance.stop()
+    # Stops taking messages, lets every message in progress finish and record, puts the
+    # claimed-ahead ones back in the broker.
     worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)
     transport.close()
     broker.close()

@@ -16,7 +16,7 @@ import dramatiq
 from dramatiq.middleware import Middleware, SkipMessage
 
 from service.core import Coordinator
-from service.core.models import Job
+from service.core.models import DELIVER_ACTOR, Job
 
 logger = logging.getLogger("wmq.ordering")
 
@@ -44,6 +44,8 @@ class OrderingMiddleware(Middleware):
         self.coordinator = coordinator
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if message.actor_name != DELIVER_ACTOR:
+            return  # a presence carries no message: nothing to claim
         zaap_id = message.args[0]
         worker_id = UUID(broker.worker_id)  # type: ignore[attr-defined]
         job = self._claim(zaap_id, UUID(message.message_id), worker_id)

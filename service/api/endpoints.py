@@ -240,13 +240,16 @@ async def resume_instance(request: Request) -> Response:
 
 async def simulator_configure(request: Request) -> Response:
     instance_id = instance_id_from(request)
-    await call(core(request).get_instance, instance_id)
     data = schemas.parse_json_object(await request.body())
     knobs: dict[str, Any] = {}
     if "connected" in data:
         if not isinstance(data["connected"], bool):
             raise ValidationError("connected", "connected must be true or false")
         knobs["connected"] = data["connected"]
+    if "failMode" in data:
+        if data["failMode"] not in ("retryable", "permanent"):
+            raise ValidationError("failMode", "failMode must be 'retryable' or 'permanent'")
+        knobs["fail_mode"] = data["failMode"]
     for field, name in (("failNext", "fail_next"), ("latencyMs", "latency_ms")):
         if field in data:
             value = data[field]
@@ -255,7 +258,7 @@ async def simulator_configure(request: Request) -> Response:
             knobs[name] = value
     state = await call(core(request).simulator_configure, instance_id, **knobs)
     return JSONResponse({"connected": state["connected"], "failNext": state["fail_next"],
-                         "latencyMs": state["latency_ms"]})
+                         "failMode": state["fail_mode"], "latencyMs": state["latency_ms"]})
 
 
 async def simulator_events(request: Request) -> Response:

@@ -13,12 +13,14 @@ import secrets
 from typing import Any
 from uuid import UUID, uuid4
 
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from service.core import queries
 from service.core.models import (
     DELIVER_ACTOR,
+    PRESENCE_ACTOR,
     CancelRefused,
     Enqueued,
     Instance,
@@ -51,8 +53,12 @@ class Coordinator:
 
     @property
     def _route(self) -> dict[str, str]:
-        """Where dispatches go: the broker queue and actor (ownership routing comes with §4)."""
-        return {"queue": self.settings.message_queue_name, "actor": DELIVER_ACTOR}
+        """Where dispatches go: the broker queue and actors (ownership routing comes with §4)."""
+        return {
+            "queue": self.settings.message_queue_name,
+            "actor": DELIVER_ACTOR,
+            "presence_actor": PRESENCE_ACTOR,
+        }
 
     def _jitter_ms(self) -> int:
         low = self.settings.message_queue_min_jitter
@@ -204,7 +210,7 @@ class Coordinator:
 
     def cancel_all(self, instance_id: UUID) -> int:
         """Cancel every pending message of one instance; a message being sent finishes."""
-        row = self._one(queries.CANCEL_ALL, instance_id=instance_id)
+        row = self._one(queries.CANCEL_ALL, instance_id=instance_id, **self._route)
         if row is None or row["count"] is None:
             raise InstanceNotFound("instance not found")
         logger.info("queue cancelled", extra={"instance_id": str(instance_id), "count": row["count"]})
@@ -266,14 +272,52 @@ class Coordinator:
         return bool(row and row["ok"])
 
     def set_connection_state(self, instance_id: UUID, state: str, detail: str | None = None) -> None:
-        self._one(queries.SET_CONNECTION_STATE + " RETURNING id", id=instance_id, state=state, detail=detail)
+        """Record a connection change; on `connected`, a snoozed head goes at once (§3.4)."""
+        row = self._one(queries.SET_CONNECTION, instance_id=instance_id, state=state, detail=detail,
+                        **self._route)
+        if not row or not row["ok"]:
+            raise InstanceNotFound("instance not found")
+        logger.info("connection changed", extra={"instance_id": str(instance_id), "state": state})
+
+    # -- maintenance (§3.7), run by the leader of workers/maintenance -------------------------
+
+    def _as_leader(self, sql: str, **params: Any) -> list[dict[str, Any]] | None:
+        """Run `sql` if this transaction wins the maintenance lock; None if another loop holds it."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            leader = cur.execute(queries.MAINTENANCE_LOCK).fetchone()
+            if not leader or not leader["leader"]:
+                return None
+            return cur.execute(sql, params).fetchall()
+
+    def rescue_dead_workers(self) -> list[dict[str, Any]] | None:
+        """R5: recover `running`/`sending` messages whose worker's heartbeat expired."""
+        return self._as_leader(
+            queries.RESCUE, ttl_s=self.settings.message_queue_heartbeat_ttl,
+            resend=self.settings.message_queue_resend_uncertain, **self._route,
+        )
+
+    def redispatch_orphans(self) -> list[dict[str, Any]] | None:
+        """Dispatch again the heads that have no broker message."""
+        return self._as_leader(queries.REDISPATCH_ORPHANS, **self._route)
+
+    def purge_finished(self, batch: int = 10_000) -> int | None:
+        rows = self._as_leader(
+            queries.PURGE_FINISHED, retention_s=self.settings.message_queue_retention_period, batch=batch
+        )
+        return None if rows is None else int(rows[0]["purged"])
 
     # -- the simulator transport's knobs (the API reaches transports only through the core) ---
 
     def simulator_configure(self, instance_id: UUID, **knobs: Any) -> dict[str, Any]:
+        """Set the simulated instance's knobs; flipping `connected` is a connection event."""
         from workers.transports import simulator
 
-        return simulator.configure(self.pool, instance_id, **knobs)
+        self.get_instance(instance_id)
+        state = simulator.configure(self.pool, instance_id, **knobs)
+        if knobs.get("connected") is not None:
+            self.set_connection_state(instance_id, "connected" if knobs["connected"] else "disconnected",
+                                      "simulator switch")
+        return state
 
     def simulator_events(self, instance_id: UUID) -> list[dict[str, Any]]:
         from workers.transports import simulator

@@ -7,8 +7,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-#: The broker actor every dispatch names (workers/actors.py registers it under this name).
+#: The broker actors dispatches name (workers/actors.py registers them under these names):
+#: `deliver` runs one phase of one message; `presence` only shows a presence (no message).
 DELIVER_ACTOR = "deliver"
+PRESENCE_ACTOR = "presence"
 
 MESSAGE_TYPES = (
     "text", "image", "audio", "video", "document", "location", "contact",

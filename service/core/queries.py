@@ -43,13 +43,6 @@ DELETE_INSTANCE = """
 
 SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS ok"
 
-SET_CONNECTION_STATE = """
-    UPDATE instances
-       SET connection_state = %(state)s, connection_detail = %(detail)s,
-           connection_changed_at = now(), updated_at = now()
-     WHERE id = %(id)s AND connection_state IS DISTINCT FROM %(state)s
-"""
-
 # --- enqueue and the worker's transitions (sql/003_queue_functions.sql) ----------------------
 
 ENQUEUE = """
@@ -79,9 +72,24 @@ SNOOZE = """
                       %(queue)s, %(actor)s) AS ok
 """
 
-CANCEL = "SELECT * FROM wmq_cancel(%(zaap_id)s, %(queue)s, %(actor)s)"
+CANCEL = "SELECT * FROM wmq_cancel(%(zaap_id)s, %(queue)s, %(actor)s, %(presence_actor)s)"
 
-CANCEL_ALL = "SELECT wmq_cancel_all(%(instance_id)s) AS count"
+CANCEL_ALL = "SELECT wmq_cancel_all(%(instance_id)s, %(queue)s, %(presence_actor)s) AS count"
+
+SET_CONNECTION = """
+    SELECT wmq_set_connection(%(instance_id)s, %(state)s, %(detail)s, %(queue)s, %(actor)s) AS ok
+"""
+
+# --- maintenance (workers/maintenance/) ------------------------------------------------------
+
+#: One maintenance leader at a time: held for the cycle's transaction.
+MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wmq.maintenance')) AS leader"
+
+RESCUE = "SELECT * FROM wmq_rescue(%(ttl_s)s, %(resend)s, %(queue)s, %(actor)s)"
+
+REDISPATCH_ORPHANS = "SELECT * FROM wmq_redispatch_orphans(%(queue)s, %(actor)s)"
+
+PURGE_FINISHED = "SELECT wmq_purge_finished(%(retention_s)s, %(batch)s) AS purged"
 
 # --- reads -----------------------------------------------------------------------------------
 

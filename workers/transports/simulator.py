@@ -19,6 +19,7 @@ from service.db import fetch_all, fetch_one
 from workers.transports.base import (
     InstanceDisconnected,
     OutgoingMessage,
+    PermanentSendError,
     Presence,
     RetryableSendError,
 )
@@ -34,7 +35,7 @@ TAKE_FAILURE = """
          WHERE instance_id = %(id)s AND fail_next > 0 AND connected
         RETURNING true AS fail
     )
-    SELECT s.connected, s.latency_ms, EXISTS (SELECT 1 FROM taken) AS fail
+    SELECT s.connected, s.latency_ms, s.fail_mode, EXISTS (SELECT 1 FROM taken) AS fail
       FROM simulator_instances s WHERE s.instance_id = %(id)s
 """
 
@@ -47,14 +48,15 @@ RECORD = """
 """
 
 CONFIGURE = """
-    INSERT INTO simulator_instances AS s (instance_id, connected, fail_next, latency_ms)
+    INSERT INTO simulator_instances AS s (instance_id, connected, fail_next, fail_mode, latency_ms)
     VALUES (%(id)s, COALESCE(%(connected)s, true), COALESCE(%(fail_next)s, 0),
-            COALESCE(%(latency_ms)s, 0))
+            COALESCE(%(fail_mode)s, 'retryable'), COALESCE(%(latency_ms)s, 0))
     ON CONFLICT (instance_id) DO UPDATE SET
         connected = COALESCE(%(connected)s, s.connected),
         fail_next = COALESCE(%(fail_next)s, s.fail_next),
+        fail_mode = COALESCE(%(fail_mode)s, s.fail_mode),
         latency_ms = COALESCE(%(latency_ms)s, s.latency_ms)
-    RETURNING connected, fail_next, latency_ms
+    RETURNING connected, fail_next, fail_mode, latency_ms
 """
 
 EVENTS = """
@@ -63,7 +65,7 @@ EVENTS = """
       FROM simulator_events WHERE instance_id = %(id)s ORDER BY id
 """
 
-_DEFAULT_STATE = {"connected": True, "latency_ms": 0, "fail": False}
+_DEFAULT_STATE = {"connected": True, "latency_ms": 0, "fail": False, "fail_mode": "retryable"}
 
 
 def _now() -> datetime:
@@ -104,6 +106,8 @@ class SimulatorTransport:
             time.sleep(self.timeout)
             raise RetryableSendError(f"simulated send timed out after {self.timeout:g}s")
         time.sleep(latency)
+        if state["fail"] and state["fail_mode"] == "permanent":
+            raise PermanentSendError("simulated permanent failure: the number is not on WhatsApp")
         if state["fail"]:
             raise RetryableSendError("simulated send failure")
         whatsapp_id = "SIM" + uuid4().hex[:20].upper()
@@ -127,10 +131,12 @@ def configure(
     *,
     connected: bool | None = None,
     fail_next: int | None = None,
+    fail_mode: str | None = None,
     latency_ms: int | None = None,
 ) -> dict[str, Any]:
     """Set any of the simulated instance's knobs; returns the resulting state."""
-    params = {"id": instance_id, "connected": connected, "fail_next": fail_next, "latency_ms": latency_ms}
+    params = {"id": instance_id, "connected": connected, "fail_next": fail_next, "fail_mode": fail_mode,
+              "latency_ms": latency_ms}
     row = fetch_one(pool, CONFIGURE, params)
     assert row is not None
     return row

@@ -1,0 +1,24 @@
+"""Rescue the messages of dead workers (R5): only workers whose broker heartbeat expired.
+
+A slow but live worker keeps heartbeating and is never rescued; a hung WhatsApp call is bounded
+by `MESSAGE_QUEUE_JOB_TIMEOUT` instead. `running` messages go again; `sending` ones follow
+`MESSAGE_QUEUE_RESEND_UNCERTAIN` (resend, or discard with the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.core import Coordinator
+
+logger = logging.getLogger("wmq.maintenance.rescuer")
+
+
+def run(coordinator: Coordinator) -> int:
+    rescued = coordinator.rescue_dead_workers() or []
+    for row in rescued:
+        logger.warning("message of a dead worker rescued", extra={
+            "zaap_id": row["zaap_id"], "instance_id": str(row["instance_id"]), "sequence": row["sequence"],
+            "from_status": row["from_status"], "to_status": row["to_status"],
+        })
+    return len(rescued)

@@ -40,6 +40,8 @@ TEST_ENV = {
     "MESSAGE_QUEUE_HEARTBEAT_TTL": "5s",
     "MESSAGE_QUEUE_MAINTENANCE_INTERVAL": "2s",
     "MESSAGE_QUEUE_JOB_TIMEOUT": "4s",
+    "MESSAGE_QUEUE_RETRY_MIN_BACKOFF": "100ms",
+    "MESSAGE_QUEUE_RETRY_MAX_BACKOFF": "1s",
     "LOG_LEVEL": "INFO",
 }
 
@@ -76,16 +78,19 @@ class Stack:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         self._spawned = 0
+        self.log_files: dict[int, Path] = {}
 
     # -- processes ------------------------------------------------------------------------------
 
     def _spawn(self, command: str) -> subprocess.Popen[bytes]:
         self._spawned += 1
-        log = open(self.log_dir / f"{command}{self._spawned}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
+        path = self.log_dir / f"{command}{self._spawned}.log"
+        process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", command],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=self.env, stdout=open(path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
+        self.log_files[process.pid] = path
+        return process
 
     def start(self, workers: int = 1) -> None:
         self.start_api()
@@ -116,6 +121,13 @@ class Stack:
 
         wait_until(registered, 30, "the worker to register")
         return worker
+
+    def worker_process(self, worker_id: UUID | str) -> subprocess.Popen[bytes]:
+        """The worker process whose broker identity is `worker_id` (from its start-up log)."""
+        for process in self.workers:
+            if f'"worker_id": "{worker_id}"' in self.log_files[process.pid].read_text():
+                return process
+        raise AssertionError(f"no worker process with id {worker_id}")
 
     def live_workers(self) -> int:
         row = self.one("SELECT count(*) AS n FROM dramatiq.worker WHERE heartbeat_at > now() - interval '5 seconds'")
@@ -195,6 +207,19 @@ class Stack:
     def statuses(self, zaap_ids: list[str]) -> dict[str, str]:
         rows = self.all("SELECT zaap_id, status FROM messages WHERE zaap_id = ANY(%s)", (zaap_ids,))
         return {r["zaap_id"]: r["status"] for r in rows}
+
+    def job(self, zaap_id: str) -> dict[str, Any]:
+        return self.one("SELECT * FROM messages WHERE zaap_id = %s", (zaap_id,))
+
+    def wait_status(self, zaap_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            job = self.job(zaap_id)
+            return job if job["status"] == status else None
+
+        return wait_until(reached, timeout, f"{zaap_id} to be {status}", interval=0.02)
+
+    def history(self, zaap_id: str) -> list[dict[str, Any]]:
+        return self.all("SELECT * FROM message_events WHERE zaap_id = %s ORDER BY id", (zaap_id,))
 
     def wait_completed(self, zaap_ids: list[str], timeout: float) -> None:
         def done() -> bool:

@@ -1,0 +1,116 @@
+"""Crashes and stops on real worker processes: SIGKILL while sending (both resend policies) or
+typing, SIGTERM during a send, two maintenance loops at once, and a slow but live worker."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from tests.stack import Stack, wait_until
+
+
+def kill_worker_of(stack: Stack, zaap_id: str) -> None:
+    """SIGKILL the worker process that holds the message."""
+    worker = stack.worker_process(stack.job(zaap_id)["worker_id"])
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+
+
+@pytest.mark.parametrize("resend", [True, False], ids=["resend", "discard"])
+def test_worker_killed_while_sending(make_stack: Any, resend: bool) -> None:
+    stack: Stack = make_stack(MESSAGE_QUEUE_RESEND_UNCERTAIN=str(resend).lower())
+    instance = stack.create_instance()
+    stack.simulate(instance, latencyMs=3000)
+    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(3)]
+    stack.wait_status(ids[0], "sending")
+    kill_worker_of(stack, ids[0])
+    stack.simulate(instance, latencyMs=0)
+    stack.start_worker()
+
+    if resend:
+        stack.wait_completed(ids, timeout=60)
+        assert [s["zaap_id"] for s in stack.sends(instance)] == ids
+        assert stack.job(ids[0])["attempts"] == 2
+    else:
+        stack.wait_completed(ids[1:], timeout=60)
+        assert [s["zaap_id"] for s in stack.sends(instance)] == ids[1:]
+        job = stack.job(ids[0])
+        assert job["status"] == "discarded" and "MESSAGE_QUEUE_RESEND_UNCERTAIN=false" in job["last_error"]
+    rescue = [e for e in stack.history(ids[0]) if e["from_status"] == "sending" and e["to_status"] != "completed"]
+    assert len(rescue) == 1 and rescue[0]["detail"].startswith("uncertain: worker")
+    assert rescue[0]["to_status"] == ("retryable" if resend else "discarded")
+
+
+def test_worker_killed_while_typing_sends_exactly_once(stack: Stack) -> None:
+    instance = stack.create_instance()
+    typed = stack.send_text(instance, "typed", delayTyping=3)["zaapId"]
+    after = stack.send_text(instance, "after")["zaapId"]
+    stack.wait_status(typed, "typing")
+    kill_worker_of(stack, typed)
+    stack.start_worker()
+    stack.wait_completed([typed, after], timeout=60)
+    assert [s["zaap_id"] for s in stack.sends(instance)] == [typed, after]
+
+
+def test_sigterm_lets_the_send_in_progress_finish(stack: Stack) -> None:
+    instance = stack.create_instance()
+    stack.simulate(instance, latencyMs=2000)
+    sending = stack.send_text(instance, "in flight")["zaapId"]
+    waiting = stack.send_text(instance, "next")["zaapId"]
+    stack.wait_status(sending, "sending")
+    assert stack.stop_process(stack.workers[0], signal.SIGTERM) == 0
+    job = stack.job(sending)
+    assert job["status"] == "completed" and job["whatsapp_message_id"]
+    assert stack.all("SELECT zaap_id FROM messages WHERE status IN ('running', 'sending')") == []
+    # The next head is waiting in the broker for whichever worker comes next.
+    assert stack.job(waiting)["status"] == "scheduled"
+    stack.simulate(instance, latencyMs=0)
+    stack.start_worker()
+    stack.wait_completed([waiting], timeout=30)
+
+
+def test_two_maintenance_loops_rescue_once(make_stack: Any) -> None:
+    stack: Stack = make_stack(workers=3, MESSAGE_QUEUE_MAINTENANCE_INTERVAL="200ms")
+    instance = stack.create_instance()
+    stack.simulate(instance, latencyMs=3000)
+    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(2)]
+    stack.wait_status(ids[0], "sending")
+    kill_worker_of(stack, ids[0])
+    stack.simulate(instance, latencyMs=0)
+    stack.wait_completed(ids, timeout=60)
+    history = stack.history(ids[0])
+    assert [e["to_status"] for e in history].count("retryable") == 1, history
+    assert [s["zaap_id"] for s in stack.sends(instance)] == ids
+
+
+def test_slow_live_worker_is_never_rescued(make_stack: Any) -> None:
+    stack: Stack = make_stack(MESSAGE_QUEUE_MAINTENANCE_INTERVAL="200ms")
+    instance = stack.create_instance()
+    stack.simulate(instance, latencyMs=3500)
+    slow = stack.send_text(instance, "slow")["zaapId"]
+    stack.wait_completed([slow], timeout=30)
+    assert [e["to_status"] for e in stack.history(slow)] == ["scheduled", "running", "sending", "completed"]
+    assert len(stack.sends(instance)) == 1
+
+
+def test_nothing_is_lost_when_the_only_worker_is_killed_repeatedly(stack: Stack) -> None:
+    instance = stack.create_instance()
+    stack.simulate(instance, latencyMs=300)
+    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(6)]
+    def sent_by_a_live_worker() -> str | None:
+        for zaap_id in ids:
+            job = stack.job(zaap_id)
+            if job["status"] == "sending" and stack.worker_process(job["worker_id"]).poll() is None:
+                return zaap_id
+        return None
+
+    for _ in range(2):
+        kill_worker_of(stack, wait_until(sent_by_a_live_worker, 30, "a message being sent"))
+        stack.start_worker()
+    stack.wait_completed(ids, timeout=90)
+    sent = [s["zaap_id"] for s in stack.sends(instance)]
+    # At-least-once: a message killed mid-send may have reached WhatsApp and be sent again,
+    # but never out of order and never skipped.
+    assert [z for i, z in enumerate(sent) if z not in sent[:i]] == ids

@@ -18,15 +18,22 @@ def kill_worker_of(stack: Stack, zaap_id: str) -> None:
     worker.wait(timeout=10)
 
 
-@pytest.mark.parametrize("resend", [True, False], ids=["resend", "discard"])
-def test_worker_killed_while_sending(make_stack: Any, resend: bool) -> None:
-    stack: Stack = make_stack(MESSAGE_QUEUE_RESEND_UNCERTAIN=str(resend).lower())
+def kill_during_first_send(stack: Stack, messages: int) -> tuple[dict[str, Any], list[str]]:
+    """Queue `messages` on a new instance, SIGKILL the worker in the middle of the first send,
+    and make later sends instant. Returns the instance and the zaap ids."""
     instance = stack.create_instance()
     stack.simulate(instance, latencyMs=3000)
-    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(3)]
+    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(messages)]
     stack.wait_status(ids[0], "sending")
     kill_worker_of(stack, ids[0])
     stack.simulate(instance, latencyMs=0)
+    return instance, ids
+
+
+@pytest.mark.parametrize("resend", [True, False], ids=["resend", "discard"])
+def test_worker_killed_while_sending(make_stack: Any, resend: bool) -> None:
+    stack: Stack = make_stack(MESSAGE_QUEUE_RESEND_UNCERTAIN=str(resend).lower())
+    instance, ids = kill_during_first_send(stack, 3)
     stack.start_worker()
 
     if resend:
@@ -73,12 +80,7 @@ def test_sigterm_lets_the_send_in_progress_finish(stack: Stack) -> None:
 
 def test_two_maintenance_loops_rescue_once(make_stack: Any) -> None:
     stack: Stack = make_stack(workers=3, MESSAGE_QUEUE_MAINTENANCE_INTERVAL="200ms")
-    instance = stack.create_instance()
-    stack.simulate(instance, latencyMs=3000)
-    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(2)]
-    stack.wait_status(ids[0], "sending")
-    kill_worker_of(stack, ids[0])
-    stack.simulate(instance, latencyMs=0)
+    instance, ids = kill_during_first_send(stack, 2)
     stack.wait_completed(ids, timeout=60)
     history = stack.history(ids[0])
     assert [e["to_status"] for e in history].count("retryable") == 1, history

@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -128,20 +129,23 @@ class Coordinator:
     def enqueue_message(self, instance_id: UUID, request: MessageRequest) -> Enqueued:
         """§3.1: one transaction: lock, sequence, chained due time, insert, dispatch if head."""
         zaap_id = uuid4().hex
-        row = self._one(
-            queries.ENQUEUE,
-            zaap_id=zaap_id,
-            instance_id=instance_id,
-            message_type=request.message_type,
-            phone=request.phone,
-            payload=Jsonb(request.payload),
-            delay_ms=request.delay_message_ms,
-            typing_ms=request.delay_typing_ms,
-            jitter_ms=self._jitter_ms(),
-            scheduled_for=request.scheduled_for,
-            max_attempts=self.settings.message_queue_max_job_attempts,
-            **self._route,
-        )
+        try:
+            row = self._one(
+                queries.ENQUEUE,
+                zaap_id=zaap_id,
+                instance_id=instance_id,
+                message_type=request.message_type,
+                phone=request.phone,
+                payload=Jsonb(request.payload),
+                delay_ms=request.delay_message_ms,
+                typing_ms=request.delay_typing_ms,
+                jitter_ms=self._jitter_ms(),
+                scheduled_for=request.scheduled_for,
+                max_attempts=self.settings.message_queue_max_job_attempts,
+                **self._route,
+            )
+        except psycopg.errors.NoDataFound:  # removed between authentication and enqueue
+            raise InstanceNotFound("instance not found") from None
         assert row is not None
         enqueued = Enqueued(
             zaap_id=zaap_id,

@@ -28,9 +28,12 @@ BEGIN
 END
 $$;
 
--- The seed's sequence function: hands out the next sequence under the row lock (R1) and, in the
--- same statement, the chained due time (DESIGN.md §3.1):
---   GREATEST(last_scheduled_at + delay + jitter, scheduled_for, now() + delay)
+-- The seed's sequence function: hands out the next sequence under the row lock (R1) and the
+-- chained due time (DESIGN.md §3.1):
+--   GREATEST(previous + delay + jitter, scheduled_for, now() + delay)
+-- where `previous` is the due time of the last message still waiting, or else the last send:
+-- a cancelled or discarded message no longer pushes the chain. The chain is read after the
+-- lock is taken (a statement of its own, so it sees what the lock holder committed).
 CREATE FUNCTION get_next_message_sequence(
     p_instance uuid,
     p_delay_ms bigint DEFAULT 0,
@@ -38,15 +41,29 @@ CREATE FUNCTION get_next_message_sequence(
     p_scheduled_for timestamptz DEFAULT NULL,
     OUT sequence bigint,
     OUT scheduled_at timestamptz)
-LANGUAGE sql AS $$
-    UPDATE instance_queues q
-       SET last_sequence = q.last_sequence + 1,
-           last_scheduled_at = GREATEST(
-               q.last_scheduled_at + wmq_ms(p_delay_ms + p_jitter_ms),
-               p_scheduled_for,
-               now() + wmq_ms(p_delay_ms))
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE instance_queues q SET last_sequence = q.last_sequence + 1
      WHERE q.instance_id = p_instance
- RETURNING q.last_sequence, q.last_scheduled_at
+ RETURNING q.last_sequence INTO sequence;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    scheduled_at := GREATEST(
+        COALESCE(
+            (SELECT m.scheduled_at FROM messages m
+              WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status)
+              ORDER BY m.sequence DESC LIMIT 1),
+            (SELECT q.last_sent_at FROM instance_queues q WHERE q.instance_id = p_instance)
+        ) + wmq_ms(p_delay_ms + p_jitter_ms),
+        p_scheduled_for,
+        now() + wmq_ms(p_delay_ms));
+    IF scheduled_at > now() + interval '100 years' THEN
+        RAISE EXCEPTION 'the chained due time is more than 100 years away'
+            USING ERRCODE = 'datetime_field_overflow';
+    END IF;
+    UPDATE instance_queues q SET last_scheduled_at = scheduled_at WHERE q.instance_id = p_instance;
+END
 $$;
 
 -- R2: put one message into the broker, as a row of dramatiq-postgres' own table, in the
@@ -462,8 +479,19 @@ BEGIN
 END
 $$;
 
--- R5, §3.7: recover the messages of dead workers (no broker heartbeat within p_ttl_s). A
--- `running` message had not reached the send: it goes again. A `sending` one may or may not
+-- A worker is alive while its broker heartbeat is fresher than the TTL.
+CREATE FUNCTION wmq_worker_alive(p_worker uuid, p_ttl_s double precision) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM dramatiq.worker w
+         WHERE w.worker_id = p_worker
+           AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s))
+$$;
+
+-- R5, §3.7: recover the messages of dead workers (no broker heartbeat within p_ttl_s), and
+-- those whose broker message is gone while they are still running or sending (a live worker
+-- that could not record the outcome and gave up: its broker message was acked, so nobody will
+-- finish it). A `running` message had not reached the send: it goes again. A `sending` one may or may not
 -- have reached WhatsApp: with p_resend it is sent again (at-least-once; the attempt counts),
 -- otherwise discarded with that reason. `typing` holds no worker: its phase-2 dispatch is in
 -- the broker (and if not, wmq_redispatch_orphans finds it). Each message is re-checked under
@@ -476,37 +504,43 @@ DECLARE
     c record;
     m record;
     v_status text;
+    v_cause text;
 BEGIN
     FOR c IN
         SELECT x.zaap_id, x.instance_id FROM messages x
          WHERE x.status IN ('running', 'sending')
-           AND NOT EXISTS (
-               SELECT 1 FROM dramatiq.worker w
-                WHERE w.worker_id = x.worker_id
-                  AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s))
+           AND (NOT wmq_worker_alive(x.worker_id, p_ttl_s)
+                OR NOT EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = x.dispatch_id))
          ORDER BY x.instance_id
     LOOP
         PERFORM wmq_lock_instance(c.instance_id);
-        SELECT x.zaap_id, x.instance_id, x.sequence, x.status, x.attempts, x.max_attempts, x.worker_id
+        SELECT x.zaap_id, x.instance_id, x.sequence, x.status, x.attempts, x.max_attempts,
+               x.worker_id, x.dispatch_id
           INTO m FROM messages x WHERE x.zaap_id = c.zaap_id FOR UPDATE;
-        -- Re-check under the lock: another loop may have been first, or the worker came back.
-        IF m.status NOT IN ('running', 'sending') OR EXISTS (
-               SELECT 1 FROM dramatiq.worker w
-                WHERE w.worker_id = m.worker_id
-                  AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s)) THEN
+        -- Re-check under the lock: the message may be gone, another loop may have been first,
+        -- or the worker came back.
+        IF NOT FOUND OR m.status NOT IN ('running', 'sending') THEN
             CONTINUE;
+        END IF;
+        IF wmq_worker_alive(m.worker_id, p_ttl_s) THEN
+            IF EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = m.dispatch_id) THEN
+                CONTINUE;
+            END IF;
+            v_cause := 'worker ' || m.worker_id || ' gave up recording it';
+        ELSE
+            v_cause := 'worker ' || m.worker_id || ' died';
         END IF;
 
         IF m.status = 'running' THEN
             v_status := 'scheduled';
-            PERFORM wmq_set_detail('rescued: worker ' || m.worker_id || ' died before the send');
+            PERFORM wmq_set_detail('rescued: ' || v_cause || ' before the send');
         ELSIF p_resend AND m.attempts < m.max_attempts THEN
             v_status := 'retryable';
-            PERFORM wmq_set_detail('uncertain: worker ' || m.worker_id
-                || ' died during the send; sending again (MESSAGE_QUEUE_RESEND_UNCERTAIN=true)');
+            PERFORM wmq_set_detail('uncertain: ' || v_cause
+                || ' during the send; sending again (MESSAGE_QUEUE_RESEND_UNCERTAIN=true)');
         ELSE
             v_status := 'discarded';
-            PERFORM wmq_set_detail('uncertain: worker ' || m.worker_id || ' died during the send; '
+            PERFORM wmq_set_detail('uncertain: ' || v_cause || ' during the send; '
                 || CASE WHEN p_resend THEN 'no attempts left'
                         ELSE 'not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)' END);
         END IF;
@@ -548,7 +582,7 @@ BEGIN
                                         AND wmq_is_unfinished(p.status)) END
     LOOP
         PERFORM wmq_lock_instance(c.instance_id);
-        SELECT x.zaap_id, x.sequence, x.status, x.dispatch_id, x.phase, i.paused INTO h
+        SELECT x.zaap_id, x.sequence, x.status, x.dispatch_id, x.phase, x.available_at, i.paused INTO h
           FROM messages x JOIN instances i ON i.id = x.instance_id
          WHERE x.instance_id = c.instance_id AND wmq_is_unfinished(x.status)
          ORDER BY x.sequence LIMIT 1;
@@ -556,13 +590,14 @@ BEGIN
            OR EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = h.dispatch_id) THEN
             CONTINUE;
         END IF;
-        PERFORM wmq_set_detail(NULL);
+        -- Dispatched again for the time the lost dispatch was due (the end of the typing, the
+        -- end of the backoff), so a lost broker message costs no delay it should have had.
         IF h.status = 'typing' THEN
-            PERFORM wmq_dispatch(h.zaap_id, 2::smallint, now(), p_queue, p_actor);
+            PERFORM wmq_dispatch(h.zaap_id, 2::smallint, h.available_at, p_queue, p_actor);
         ELSIF h.dispatch_id IS NULL THEN
             PERFORM wmq_dispatch_head(c.instance_id, p_queue, p_actor);
         ELSE
-            PERFORM wmq_dispatch(h.zaap_id, 1::smallint, now(), p_queue, p_actor);
+            PERFORM wmq_dispatch(h.zaap_id, 1::smallint, h.available_at, p_queue, p_actor);
         END IF;
         RETURN QUERY SELECT h.zaap_id, c.instance_id, h.sequence, h.status;
     END LOOP;
@@ -587,5 +622,20 @@ BEGIN
     DELETE FROM simulator_events
      WHERE ended_at < now() - make_interval(secs => p_retention_s);
     RETURN v_count;
+END
+$$;
+
+-- Remove an instance with its queue and history, under its lock (R1): its queued broker
+-- messages are withdrawn first. Returns false for an unknown instance.
+CREATE FUNCTION wmq_remove_instance(p_instance uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT wmq_lock_instance(p_instance) THEN
+        RETURN false;
+    END IF;
+    DELETE FROM dramatiq.queue q USING messages m
+     WHERE m.instance_id = p_instance AND q.message_id = m.dispatch_id AND q.state = 'queued';
+    DELETE FROM instances WHERE id = p_instance;
+    RETURN true;
 END
 $$;

@@ -192,7 +192,8 @@ class Stack:
         return response.json()  # type: ignore[no-any-return]
 
     def simulate(self, instance: dict[str, Any], **knobs: Any) -> dict[str, Any]:
-        response = self.http.post(f"/simulator/instances/{instance['id']}", json=knobs)
+        response = self.http.post(f"/simulator/instances/{instance['id']}", json=knobs,
+                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
 

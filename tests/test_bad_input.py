@@ -33,6 +33,13 @@ CASES = [
     (b'{"phone": "5511999999999", "message": "hi", "delayTyping": "2"}', 400, "delayTyping"),
     (b'{"phone": "5511999999999", "message": "hi", "scheduledFor": "tomorrow"}', 400, "scheduledFor"),
     (b'{"phone": "5511999999999", "message": "hi", "scheduledFor": "2030-01-01T10:00:00"}', 400, "scheduledFor"),
+    (b'{"phone": "5511999999999", "message": "hi", "delayMessage": 1e13}', 400, "delayMessage"),
+    (b'{"phone": "5511999999999", "message": "hi", "scheduledFor": "9999-12-31T00:00:00Z"}', 400, "scheduledFor"),
+    (b'{"phone": "5511999999999", "message": "a\\u0000b"}', 400, "message"),
+    (b'{"phone": "5511999999999", "message": "\\ud800"}', 400, "message"),
+    ('{"phone": "\u0665\u0665\u0661\u0661\u0669\u0669\u0669\u0669\u0669\u0669", "message": "hi"}'.encode(),
+     400, "phone"),
+    (b'{"phone": "5511999999999", "message": "hi", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "body"),
     (b'{"phone": "5511999999999", "message": "hi"', 400, "body"),
     (b"not json at all", 400, "body"),
     (b'["5511999999999", "hi"]', 400, "body"),
@@ -88,6 +95,8 @@ def test_unknown_message_and_paging_errors(stack: Stack) -> None:
     assert stack.http.delete(f"{base}/queue/{'0' * 32}").status_code == 404
     response = stack.http.get(f"{base}/queue", params={"limit": "0"})
     assert response.status_code == 400 and response.json()["field"] == "limit"
+    response = stack.http.get(f"{base}/queue", params={"offset": "9" * 30})
+    assert response.status_code == 400 and response.json()["field"] == "offset"
     # Another instance's message is not visible through this instance's token.
     other = stack.create_instance()
     zaap_id = stack.send_text(other, "hidden", delayMessage=3600)["zaapId"]
@@ -121,4 +130,28 @@ def test_core_refuses_an_unknown_instance(stack: Stack) -> None:
     with stack.core() as core, pytest.raises(InstanceNotFound):
         core.enqueue_message(uuid.uuid4(), MessageRequest(phone="5511999999999", message_type="text",
                                                           payload={"message": "x"}))
+    assert stack.counts() == before
+
+
+def test_simulator_knobs_are_admin_only_and_bounded(stack: Stack) -> None:
+    instance = stack.create_instance()
+    path = f"/simulator/instances/{instance['id']}"
+    assert stack.http.post(path, json={"connected": False}).status_code == 401
+    assert stack.http.get(f"{path}/events").status_code == 401
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for body, field in (({"latencyMs": 10**12}, "latencyMs"), ({"failNext": -1}, "failNext"),
+                        ({"failMode": "sometimes"}, "failMode"), ({"connected": "yes"}, "connected")):
+        response = stack.http.post(path, json=body, headers=admin)
+        assert (response.status_code, response.json()["field"]) == (400, field)
+
+
+def test_delays_chaining_beyond_a_century_are_refused(stack: Stack) -> None:
+    instance = stack.create_instance()
+    decade = 10 * 365 * 86400
+    for _ in range(10):
+        stack.send_text(instance, "far", delayMessage=decade)
+    before = stack.counts()
+    response = stack.http.post(f"{stack.base(instance)}/send-text",
+                               json={"phone": "5511999999999", "message": "too far", "delayMessage": decade})
+    assert (response.status_code, response.json()["field"]) == (400, "delayMessage")
     assert stack.counts() == before

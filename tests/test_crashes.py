@@ -116,3 +116,20 @@ def test_nothing_is_lost_when_the_only_worker_is_killed_repeatedly(stack: Stack)
     # At-least-once: a message killed mid-send may have reached WhatsApp and be sent again,
     # but never out of order and never skipped.
     assert [z for i, z in enumerate(sent) if z not in sent[:i]] == ids
+
+
+def test_message_left_running_by_a_live_worker_is_rescued(make_stack: Any) -> None:
+    """A claim that committed but whose answer was lost: the live worker skipped the broker
+    message, which is gone, and nobody will finish the message unless the rescuer does."""
+    stack: Stack = make_stack(MESSAGE_QUEUE_MAINTENANCE_INTERVAL="200ms")
+    instance = stack.create_instance()
+    stranded = stack.send_text(instance, "stranded", delayMessage=3)["zaapId"]
+    after = stack.send_text(instance, "after")["zaapId"]
+    worker_id = stack.one("SELECT worker_id FROM dramatiq.worker LIMIT 1")["worker_id"]
+    job = stack.job(stranded)
+    claimed = stack.all("SELECT zaap_id FROM wmq_claim(%s, %s, %s)", (stranded, job["dispatch_id"], worker_id))
+    assert len(claimed) == 1
+    stack.all("DELETE FROM dramatiq.queue WHERE message_id = %s RETURNING 1", (job["dispatch_id"],))
+    stack.wait_completed([stranded, after], timeout=30)
+    assert any("gave up recording it" in (e["detail"] or "") for e in stack.history(stranded))
+    assert [s["zaap_id"] for s in stack.sends(instance)] == [stranded, after]

@@ -3,7 +3,7 @@ pause and resume, health, and the seed's SQL views."""
 
 from __future__ import annotations
 
-from tests.stack import ADMIN_TOKEN, Stack
+from tests.stack import ADMIN_TOKEN, Stack, wait_until
 
 
 def test_queue_listing_and_message_detail(stack: Stack) -> None:
@@ -106,3 +106,24 @@ def test_removed_instance_takes_its_queue_with_it(stack: Stack) -> None:
     assert response.status_code == 404
     listed = stack.http.get("/instances", headers=admin).json()
     assert [i["id"] for i in listed] == [other["id"]]
+
+
+def test_cancelling_a_delayed_message_does_not_delay_the_next_estimate(stack: Stack) -> None:
+    instance = stack.create_instance()
+    tomorrow = stack.send_text(instance, "tomorrow", delayMessage=86400)
+    stack.http.delete(f"{stack.base(instance)}/queue/{tomorrow['zaapId']}")
+    now = stack.send_text(instance, "now")
+    assert now["status"] == "available" and now["scheduledFor"] < tomorrow["scheduledFor"]
+    stack.wait_completed([now["zaapId"]], timeout=30)
+
+
+def test_paused_head_is_not_shown_available_and_status_filter_uses_shown_status(stack: Stack) -> None:
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    head = stack.send_text(instance, "head", delayMessage=2)["zaapId"]
+    stack.http.post(f"{base}/pause")
+    wait_until(lambda: stack.one("SELECT available_at < now() AS due FROM messages")["due"], 10, "the due time")
+    assert stack.http.get(f"{base}/queue/{head}").json()["status"] == "scheduled"
+    assert stack.http.get(f"{base}/queue", params={"status": "available"}).json()["total"] == 0
+    stack.http.post(f"{base}/resume")
+    stack.wait_completed([head], timeout=30)

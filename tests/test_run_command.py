@@ -39,7 +39,8 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         sent = http.post(f"{base}/send-text", json={"phone": "5511999999999", "message": "hi"}).json()
 
         def delivered() -> bool:
-            events = http.get(f"/simulator/instances/{instance['id']}/events").json()
+            events = http.get(f"/simulator/instances/{instance['id']}/events",
+                              headers={"Authorization": f"Bearer {token}"}).json()
             return any(e["zaapId"] == sent["zaapId"] for e in events)
 
         wait_until(delivered, 60, "the message to reach the simulator")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import dramatiq
@@ -27,10 +28,27 @@ from workers.transports import (
 )
 
 logger = logging.getLogger("wmq.deliver")
+T = TypeVar("T")
 
-#: How long the bookkeeping after a successful send is retried in-process. Past that the
-#: message stays `sending` and is resolved by the rescuer, never sent again by this worker.
-COMPLETE_RETRY_SECONDS = 120.0
+#: How long the record of a failure or a snooze is retried in-process on database errors. Past
+#: that the broker message is acked, and the rescuer finds the message with no broker message.
+RECORD_RETRY_SECONDS = 120.0
+
+
+def persist(what: str, action: Callable[[], T], ctx: dict[str, Any], deadline: float | None) -> T | None:
+    """Run a bookkeeping transaction, retrying database errors with backoff until it succeeds
+    or `deadline` (monotonic; None: for as long as the process lives) passes."""
+    delay = 0.1
+    while True:
+        try:
+            return action()
+        except Exception:
+            if deadline is not None and time.monotonic() > deadline:
+                logger.exception(f"could not record {what}; left to the rescuer", extra=ctx)
+                return None
+            logger.warning(f"recording {what} failed; retrying", extra=ctx, exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def presence_for(message_type: str) -> Presence:
@@ -52,16 +70,17 @@ class Deliverer:
         self.worker_id = worker_id
 
     def __call__(self, zaap_id: str, phase: int) -> None:
-        job = current_job()
+        try:
+            job = current_job()
+        except RuntimeError:
+            logger.error("deliver ran without a claim (is the ordering middleware installed?)",
+                         extra={"zaap_id": zaap_id})
+            return
         try:
             self._deliver(job)
         except Exception:  # the actor never raises: record the failure, keep the order
             logger.exception("delivery failed unexpectedly", extra=log_context(job))
-            try:
-                self._fail(job, "internal error", permanent=False)
-            except Exception:
-                logger.exception("could not record the failure; left to the rescuer",
-                                 extra=log_context(job))
+            self._fail(job, "internal error", permanent=False)
 
     def _deliver(self, job: Job) -> None:
         ctx = log_context(job)
@@ -83,7 +102,9 @@ class Deliverer:
             ))
         except InstanceDisconnected as error:
             delay = self.settings.message_queue_disconnect_retry_delay
-            self.coordinator.snooze(job.zaap_id, self.worker_id, delay, f"disconnected: {error}")
+            reason = f"disconnected: {error}"
+            persist("the snooze", lambda: self.coordinator.snooze(job.zaap_id, self.worker_id, delay, reason),
+                    ctx, time.monotonic() + RECORD_RETRY_SECONDS)
             logger.info("instance disconnected; head snoozed", extra={**ctx, "retry_in_s": delay})
             return
         except PermanentSendError as error:
@@ -101,24 +122,15 @@ class Deliverer:
         self._complete(job, whatsapp_id)
 
     def _complete(self, job: Job, whatsapp_id: str) -> None:
-        """Record the send; on a database error retry the bookkeeping, never the send."""
+        """Record the send; on a database error retry the bookkeeping (for as long as this
+        process lives: it alone knows the WhatsApp id), never the send."""
         ctx = {**log_context(job), "whatsapp_message_id": whatsapp_id}
-        deadline = time.monotonic() + COMPLETE_RETRY_SECONDS
-        delay = 0.1
-        while True:
-            try:
-                if self.coordinator.complete(job.zaap_id, self.worker_id, whatsapp_id):
-                    logger.info("message sent", extra=ctx)
-                else:
-                    logger.warning("message sent but no longer ours to complete", extra=ctx)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    logger.exception("could not record a sent message", extra=ctx)
-                    return
-                logger.warning("recording the send failed; retrying", extra=ctx, exc_info=True)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        recorded = persist("the send", lambda: self.coordinator.complete(job.zaap_id, self.worker_id, whatsapp_id),
+                           ctx, deadline=None)
+        if recorded:
+            logger.info("message sent", extra=ctx)
+        else:
+            logger.warning("message sent but no longer ours to complete", extra=ctx)
 
     def _fail(self, job: Job, error: str, *, permanent: bool) -> None:
         settings = self.settings
@@ -126,10 +138,11 @@ class Deliverer:
             settings.message_queue_retry_min_backoff * 2 ** job.attempts,
             settings.message_queue_retry_max_backoff,
         )
-        status = self.coordinator.fail(
-            job.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff
-        )
-        logger.warning("send failed", extra={**log_context(job), "error": error, "status": status})
+        ctx = log_context(job)
+        status = persist("the failure", lambda: self.coordinator.fail(
+            job.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff),
+            ctx, time.monotonic() + RECORD_RETRY_SECONDS)
+        logger.warning("send failed", extra={**ctx, "error": error, "status": status})
 
 
 class PresenceSender:

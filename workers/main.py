@@ -64,6 +64,12 @@ def run_worker(settings: Settings, database_url: str) -> int:
         "worker_id": broker.worker_id, "threads": threads, "queue": settings.message_queue_name,
     })
     stopping.wait()
+    # Claim nothing more: a stopping worker must not sit on other instances' heads while its
+    # last send finishes (consumers keep heartbeating meanwhile).
+    for consumer_thread in worker.consumers.values():
+        consumer = getattr(consumer_thread, "consumer", None)
+        if consumer is not None:
+            consumer.prefetch = 0
     maintenance.stop()
     # Stops taking messages, lets every message in progress finish and record, puts the
     # claimed-ahead ones back in the broker.

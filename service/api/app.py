@@ -15,7 +15,7 @@ from starlette.routing import Route
 from service.api import endpoints as e
 from service.api.schemas import ValidationError
 from service.core import Coordinator
-from service.core.models import CancelRefused, CoreError, InstanceNotFound, JobNotFound
+from service.core.models import CancelRefused, CoreError, DueTimeTooFar, InstanceNotFound, JobNotFound
 from service.db import make_pool
 from service.settings import Settings
 
@@ -69,6 +69,8 @@ async def on_core_error(request: Request, exc: Exception) -> Response:
         status = 404
     elif isinstance(exc, CancelRefused):
         status = 409
+    elif isinstance(exc, DueTimeTooFar):
+        status = 400
     else:
         status = 401
     return error(status, str(exc), exc.field)

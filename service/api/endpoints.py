@@ -239,6 +239,7 @@ async def resume_instance(request: Request) -> Response:
 
 
 async def simulator_configure(request: Request) -> Response:
+    require_admin(request)
     instance_id = instance_id_from(request)
     data = schemas.parse_json_object(await request.body())
     knobs: dict[str, Any] = {}
@@ -250,11 +251,11 @@ async def simulator_configure(request: Request) -> Response:
         if data["failMode"] not in ("retryable", "permanent"):
             raise ValidationError("failMode", "failMode must be 'retryable' or 'permanent'")
         knobs["fail_mode"] = data["failMode"]
-    for field, name in (("failNext", "fail_next"), ("latencyMs", "latency_ms")):
+    for field, name, maximum in (("failNext", "fail_next", 1_000_000), ("latencyMs", "latency_ms", 600_000)):
         if field in data:
             value = data[field]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValidationError(field, f"{field} must be a non-negative integer")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+                raise ValidationError(field, f"{field} must be an integer from 0 to {maximum}")
             knobs[name] = value
     state = await call(core(request).simulator_configure, instance_id, **knobs)
     return JSONResponse({"connected": state["connected"], "failNext": state["fail_next"],
@@ -262,6 +263,7 @@ async def simulator_configure(request: Request) -> Response:
 
 
 async def simulator_events(request: Request) -> Response:
+    require_admin(request)
     instance_id = instance_id_from(request)
     events = await call(core(request).simulator_events, instance_id)
     return JSONResponse([

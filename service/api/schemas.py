@@ -8,18 +8,22 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.core.models import MessageRequest
 
 #: delayTyping is a presence shown before one message: minutes at most make sense.
 MAX_DELAY_TYPING_SECONDS = 600
+#: delayMessage has no practical limit: days, months, years (timestamps must stay representable).
+MAX_DELAY_MESSAGE_SECONDS = 10 * 365 * 86400
 MAX_TEXT_LENGTH = 65_536
+#: JSON bodies nest no deeper than this (the content model needs three levels).
+MAX_JSON_DEPTH = 16
 
-_PHONE = re.compile(r"^\+?\d{8,20}$")
-_JID = re.compile(r"^[\w.\-:]+@(s\.whatsapp\.net|g\.us|lid|newsletter|broadcast)$")
-_GROUP = re.compile(r"^\d[\d\-]{8,40}-group$")
+_PHONE = re.compile(r"^\+?[0-9]{8,20}$", re.ASCII)
+_JID = re.compile(r"^[\w.\-:]+@(s\.whatsapp\.net|g\.us|lid|newsletter|broadcast)$", re.ASCII)
+_GROUP = re.compile(r"^[0-9][0-9\-]{8,40}-group$", re.ASCII)
 
 
 class ValidationError(Exception):
@@ -38,9 +42,32 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValidationError("body", f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValidationError("body", "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValidationError("body", "request body must be a JSON object")
+    _check_storable(data, "body", 0)
     return data
+
+
+def _check_storable(value: Any, where: str, depth: int) -> None:
+    """PostgreSQL cannot store NUL characters or unpaired surrogates; refuse them by name."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(where, f"{where} is nested too deeply")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(where, f"{where} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(where, f"{where} contains an invalid (unpaired surrogate) character") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key, where, depth + 1)
+            _check_storable(item, key if where == "body" else f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_storable(item, f"{where}[{n}]", depth + 1)
 
 
 def phone(data: dict[str, Any]) -> str:
@@ -75,7 +102,7 @@ def seconds_to_ms(data: dict[str, Any], name: str, maximum: float | None = None)
     if value < 0:
         raise ValidationError(name, f"{name} cannot be negative")
     if maximum is not None and value > maximum:
-        raise ValidationError(name, f"{name} cannot exceed {maximum:g} seconds")
+        raise ValidationError(name, f"{name} cannot exceed {maximum:.0f} seconds")
     return round(value * 1000)
 
 
@@ -84,18 +111,23 @@ def scheduled_for(data: dict[str, Any]) -> datetime | None:
     value = data.get("scheduledFor")
     if value is None:
         return None
+    parsed: datetime | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         try:
-            return datetime.fromtimestamp(value / 1000, UTC)
+            parsed = datetime.fromtimestamp(value / 1000, UTC)
         except (OverflowError, OSError, ValueError):
             raise ValidationError("scheduledFor", "scheduledFor is out of range") from None
-    if isinstance(value, str):
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed
+        if parsed is not None and parsed.tzinfo is None:
+            parsed = None
+    if parsed is not None:
+        if parsed > datetime.now(UTC) + timedelta(seconds=MAX_DELAY_MESSAGE_SECONDS):
+            raise ValidationError("scheduledFor", "scheduledFor is more than 10 years away")
+        return parsed
     raise ValidationError(
         "scheduledFor", "scheduledFor must be ISO 8601 with a time zone or epoch milliseconds"
     )
@@ -105,7 +137,7 @@ def common(data: dict[str, Any]) -> dict[str, Any]:
     """The fields every send route shares."""
     return {
         "phone": phone(data),
-        "delay_message_ms": seconds_to_ms(data, "delayMessage"),
+        "delay_message_ms": seconds_to_ms(data, "delayMessage", MAX_DELAY_MESSAGE_SECONDS),
         "delay_typing_ms": seconds_to_ms(data, "delayTyping", MAX_DELAY_TYPING_SECONDS),
         "scheduled_for": scheduled_for(data),
     }
@@ -136,6 +168,6 @@ def page(params: Any) -> tuple[int, int]:
         raise ValidationError("limit", "limit and offset must be integers") from None
     if not 1 <= limit <= 500:
         raise ValidationError("limit", "limit must be between 1 and 500")
-    if offset < 0:
-        raise ValidationError("offset", "offset cannot be negative")
+    if not 0 <= offset <= 1_000_000_000:
+        raise ValidationError("offset", "offset must be between 0 and 1000000000")
     return limit, offset

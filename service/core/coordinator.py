@@ -23,6 +23,7 @@ from service.core.models import (
     DELIVER_ACTOR,
     PRESENCE_ACTOR,
     CancelRefused,
+    DueTimeTooFar,
     Enqueued,
     Instance,
     InstanceNotFound,
@@ -92,7 +93,8 @@ class Coordinator:
 
     def remove_instance_queue(self, instance_id: UUID) -> None:
         """Delete an instance with its queue and history; its queued broker messages go too."""
-        if self._one(queries.DELETE_INSTANCE, id=instance_id) is None:
+        row = self._one(queries.DELETE_INSTANCE, id=instance_id)
+        if not row or not row["ok"]:
             raise InstanceNotFound("instance not found")
         logger.info("instance removed", extra={"instance_id": str(instance_id)})
 
@@ -146,6 +148,8 @@ class Coordinator:
             )
         except psycopg.errors.NoDataFound:  # removed between authentication and enqueue
             raise InstanceNotFound("instance not found") from None
+        except (psycopg.errors.DatetimeFieldOverflow, psycopg.errors.IntervalFieldOverflow):
+            raise DueTimeTooFar("the delays of this instance's queue chain more than 100 years ahead") from None
         assert row is not None
         enqueued = Enqueued(
             zaap_id=zaap_id,

@@ -109,6 +109,12 @@ class InvalidClientToken(CoreError):
     field = "Client-Token"
 
 
+class DueTimeTooFar(CoreError):
+    """The delays chain past what a timestamp can hold (more than 100 years away)."""
+
+    field = "delayMessage"
+
+
 class JobNotFound(CoreError):
     field = "zaapId"
 

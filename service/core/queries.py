@@ -8,6 +8,7 @@ read the tables. Parameters are named (`%(name)s`).
 JOB_COLUMNS = """
     m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
     CASE WHEN m.status = 'scheduled' AND m.dispatch_id IS NOT NULL AND m.available_at <= now()
+              AND NOT (SELECT paused FROM instances i WHERE i.id = m.instance_id)
          THEN 'available' ELSE m.status END AS status,
     m.delay_message_ms, m.delay_typing_ms, m.scheduled_at, m.available_at,
     m.attempts, m.max_attempts, m.last_error, m.whatsapp_message_id,
@@ -32,14 +33,7 @@ GET_INSTANCE = "SELECT * FROM instances WHERE id = %(id)s"
 LIST_INSTANCES = "SELECT * FROM instances ORDER BY created_at, id"
 
 # Removing an instance withdraws its queued broker messages; its rows go by cascade.
-DELETE_INSTANCE = """
-    WITH locked AS (SELECT wmq_lock_instance(%(id)s) AS ok),
-    withdrawn AS (
-        DELETE FROM dramatiq.queue q USING messages m, locked
-         WHERE m.instance_id = %(id)s AND q.message_id = m.dispatch_id AND q.state = 'queued'
-    )
-    DELETE FROM instances i USING locked WHERE i.id = %(id)s RETURNING i.id
-"""
+DELETE_INSTANCE = "SELECT wmq_remove_instance(%(id)s) AS ok"
 
 SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS ok"
 
@@ -104,22 +98,21 @@ GET_JOB = f"""
      WHERE m.zaap_id = %(zaap_id)s
 """
 
+# `status` filters on the status users see (`available` included); `pending` means unfinished.
+_JOBS_OF_INSTANCE = f"""
+    SELECT * FROM (SELECT {JOB_COLUMNS} FROM messages m WHERE m.instance_id = %(instance_id)s) j
+     WHERE %(status)s::text IS NULL OR j.status = %(status)s
+        OR (%(status)s = 'pending' AND j.status IN ('available', 'scheduled', 'retryable', 'running',
+                                                   'typing', 'sending'))
+"""
+
 LIST_JOBS = f"""
-    SELECT {JOB_COLUMNS}
-      FROM messages m
-     WHERE m.instance_id = %(instance_id)s
-       AND (%(status)s::text IS NULL OR m.status = %(status)s
-            OR (%(status)s = 'pending' AND wmq_is_unfinished(m.status)))
-     ORDER BY m.sequence
+    {_JOBS_OF_INSTANCE}
+     ORDER BY j.sequence
      LIMIT %(limit)s OFFSET %(offset)s
 """
 
-COUNT_JOBS = """
-    SELECT count(*) AS total FROM messages m
-     WHERE m.instance_id = %(instance_id)s
-       AND (%(status)s::text IS NULL OR m.status = %(status)s
-            OR (%(status)s = 'pending' AND wmq_is_unfinished(m.status)))
-"""
+COUNT_JOBS = f"SELECT count(*) AS total FROM ({_JOBS_OF_INSTANCE}) counted"
 
 QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
 

@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,18 @@ def cmd_api(settings: Settings) -> int:
 def cmd_worker(settings: Settings) -> int:
     from workers.main import run_worker
 
-    url, _server = database_url(settings)
+    url, server = database_url(settings)
     migrate(url)
-    return run_worker(settings, url)
+    code = run_worker(settings, url)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        # A WhatsApp connect stuck in the Go library (up to a minute against a network that never
+        # answers) runs on a thread Python would wait for: everything is recorded, so leave now.
+        logger.warning("leaving without waiting for a stuck WhatsApp connect")
+        if server is not None:
+            server.cleanup()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def cmd_run(settings: Settings) -> int:

@@ -78,7 +78,19 @@ class Settings(BaseSettings):
     #: Resend a message whose send was interrupted by a crash (at-least-once), or discard it.
     message_queue_resend_uncertain: bool = True
 
+    #: The transport of new instances (each instance keeps the one it was created with).
     whatsapp_transport: Literal["simulator", "neonize"] = "simulator"
+    #: Minimum spacing between two sends of one instance, on top of the delays (a ban guard).
+    #: Unset: MESSAGE_QUEUE_MIN_JITTER. Stored per instance at creation.
+    whatsapp_min_send_interval: Duration | None = None
+    #: Proxy for WhatsApp connections (`socks5://host:port`, `http://host:port`).
+    whatsapp_proxy: str | None = None
+    #: Schema of the WhatsApp session store (whatsmeow's tables) in the same database.
+    whatsapp_store_schema: str = "whatsmeow"
+    #: Longest wait between two reconnection attempts of a WhatsApp session.
+    whatsapp_reconnect_max_backoff: Duration = 60.0
+    #: How long the API waits for the worker holding a session to run a command (pair code, …).
+    whatsapp_command_timeout: Duration = 20.0
 
     @model_validator(mode="after")
     def _validate(self) -> Settings:
@@ -109,9 +121,18 @@ class Settings(BaseSettings):
                 "MESSAGE_QUEUE_JOB_TIMEOUT must be shorter than MESSAGE_QUEUE_HEARTBEAT_TTL, so a "
                 "slow WhatsApp call is never taken for a dead worker"
             )
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.whatsapp_store_schema):
+            raise ValueError("WHATSAPP_STORE_SCHEMA must be a plain lower-case SQL identifier")
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.message_queue_name):
             raise ValueError("MESSAGE_QUEUE_NAME may hold letters, digits, '_' and '-' only")
         return self
+
+
+def min_send_interval(settings: Settings) -> float:
+    """WHATSAPP_MIN_SEND_INTERVAL, or the minimum jitter when unset."""
+    if settings.whatsapp_min_send_interval is not None:
+        return settings.whatsapp_min_send_interval
+    return settings.message_queue_min_jitter
 
 
 @lru_cache(maxsize=1)

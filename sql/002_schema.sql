@@ -7,6 +7,9 @@ CREATE TABLE instances (
     name                    text NOT NULL DEFAULT '',
     transport               text NOT NULL DEFAULT 'simulator',
     paused                  boolean NOT NULL DEFAULT false,
+    -- Minimum time between two sends of this instance, on top of the delays (a ban guard);
+    -- set at creation from WHATSAPP_MIN_SEND_INTERVAL.
+    min_send_interval_ms    bigint NOT NULL DEFAULT 0 CHECK (min_send_interval_ms >= 0),
     -- Connection state as the owning worker last saw it (DESIGN.md §4).
     connection_state        text NOT NULL DEFAULT 'unknown',
     connection_detail       text,

@@ -114,6 +114,18 @@ BEGIN
 END
 $$;
 
+-- When a head may go, given the previous send: its own earliest time, the previous send plus
+-- its delay and jitter, and the previous send plus the instance's minimum spacing.
+CREATE FUNCTION wmq_paced_at(p_instance uuid, p_not_before timestamptz, p_delay_ms bigint, p_jitter_ms bigint)
+RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT GREATEST(p_not_before,
+                    q.last_sent_at + wmq_ms(p_delay_ms + p_jitter_ms),
+                    q.last_sent_at + wmq_ms(i.min_send_interval_ms))
+      FROM instance_queues q JOIN instances i ON i.id = q.instance_id
+     WHERE q.instance_id = p_instance
+$$;
+
 -- Ask a worker to show a presence (a cancelled message's "typing…" must end with `paused`). It
 -- carries no message: the ordering middleware lets it through without a claim.
 CREATE FUNCTION wmq_dispatch_presence(
@@ -154,7 +166,6 @@ RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     h record;
-    q record;
 BEGIN
     SELECT m.zaap_id, m.status, m.dispatch_id, m.not_before, m.delay_message_ms, m.jitter_ms
       INTO h
@@ -167,16 +178,13 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    SELECT i.paused, iq.last_sent_at INTO q
-      FROM instances i JOIN instance_queues iq ON iq.instance_id = i.id
-     WHERE i.id = p_instance;
-    IF q.paused THEN
+    IF (SELECT i.paused FROM instances i WHERE i.id = p_instance) THEN
         RETURN NULL;
     END IF;
 
     PERFORM wmq_dispatch(
         h.zaap_id, 1::smallint,
-        GREATEST(h.not_before, q.last_sent_at + wmq_ms(h.delay_message_ms + h.jitter_ms)),
+        wmq_paced_at(p_instance, h.not_before, h.delay_message_ms, h.jitter_ms),
         p_queue, p_actor);
     RETURN h.zaap_id;
 END
@@ -470,9 +478,7 @@ BEGIN
     IF FOUND AND (SELECT status FROM messages WHERE zaap_id = h.zaap_id) = 'scheduled' THEN
         PERFORM wmq_dispatch(
             h.zaap_id, 1::smallint,
-            GREATEST(h.not_before,
-                     (SELECT last_sent_at FROM instance_queues WHERE instance_id = p_instance)
-                     + wmq_ms(h.delay_message_ms + h.jitter_ms)),
+            wmq_paced_at(p_instance, h.not_before, h.delay_message_ms, h.jitter_ms),
             p_queue, p_actor);
     END IF;
     RETURN true;

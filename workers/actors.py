@@ -25,6 +25,7 @@ from workers.transports import (
     PermanentSendError,
     Presence,
     Transport,
+    UncertainSendError,
 )
 
 logger = logging.getLogger("wmq.deliver")
@@ -109,6 +110,11 @@ class Deliverer:
             return
         except PermanentSendError as error:
             self._fail(job, str(error), permanent=True)
+            return
+        except UncertainSendError as error:
+            resend = self.settings.message_queue_resend_uncertain
+            detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
+            self._fail(job, f"uncertain: {error}; {detail}", permanent=not resend)
             return
         except Exception as error:
             self._fail(job, f"{type(error).__name__}: {error}", permanent=False)

@@ -36,9 +36,9 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # thread needs one at a time, plus the transport's.
     pool = make_pool(database_url, max_size=2 * threads + 6, name="wmq-worker")
     coordinator = Coordinator(pool, settings)
-    transport = build_transport(settings, pool)
     broker = build_broker(pool, settings, [OrderingMiddleware(coordinator)])
     dramatiq.set_broker(broker)
+    transport = build_transport(settings, pool, coordinator, database_url, UUID(broker.worker_id))
     deliverer = Deliverer(coordinator, transport, settings, UUID(broker.worker_id))
     declare_actors(broker, deliverer, PresenceSender(transport), settings.message_queue_name)
     maintenance = MaintenanceLoop(coordinator, settings.message_queue_maintenance_interval)

@@ -15,7 +15,14 @@ from starlette.routing import Route
 from service.api import endpoints as e
 from service.api.schemas import ValidationError
 from service.core import Coordinator
-from service.core.models import CancelRefused, CoreError, DueTimeTooFar, InstanceNotFound, JobNotFound
+from service.core.models import (
+    CancelRefused,
+    CoreError,
+    DueTimeTooFar,
+    InstanceNotFound,
+    JobNotFound,
+    SessionCommandFailed,
+)
 from service.db import make_pool
 from service.settings import Settings
 
@@ -39,6 +46,12 @@ def routes(settings: Settings) -> list[Route]:
         Route(f"{INSTANCE}/queue/{{zaap_id}}", e.cancel_queue_message, methods=["DELETE"]),
         Route(f"{INSTANCE}/pause", e.pause_instance, methods=["POST"]),
         Route(f"{INSTANCE}/resume", e.resume_instance, methods=["POST"]),
+        Route(f"{INSTANCE}/status", e.instance_status, methods=["GET"]),
+        Route(f"{INSTANCE}/qr-code", e.qr_code, methods=["GET"]),
+        Route(f"{INSTANCE}/qr-code/image", e.qr_code_image, methods=["GET"]),
+        Route(f"{INSTANCE}/phone-code/{{phone}}", e.phone_code, methods=["GET"]),
+        Route(f"{INSTANCE}/disconnect", e.disconnect_instance, methods=["POST"]),
+        Route(f"{INSTANCE}/restart", e.restart_instance, methods=["POST"]),
     ]
     if settings.whatsapp_transport == "simulator":
         table += [
@@ -67,7 +80,7 @@ async def on_core_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CoreError)
     if isinstance(exc, (InstanceNotFound, JobNotFound)):
         status = 404
-    elif isinstance(exc, CancelRefused):
+    elif isinstance(exc, (CancelRefused, SessionCommandFailed)):
         status = 409
     elif isinstance(exc, DueTimeTooFar):
         status = 400

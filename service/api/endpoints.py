@@ -6,6 +6,8 @@ thread pool.
 
 from __future__ import annotations
 
+import base64
+import io
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -132,7 +134,11 @@ async def create_instance(request: Request) -> Response:
     data = schemas.parse_json_object(raw) if raw.strip() else {}
     name = schemas.optional_text(data, "name") or ""
     client_token = schemas.optional_text(data, "clientToken")
-    instance = await call(core(request).add_instance_queue, name=name, client_token=client_token)
+    transport = schemas.optional_text(data, "transport")
+    if transport not in (None, "simulator", "neonize"):
+        raise ValidationError("transport", "transport must be 'simulator' or 'neonize'")
+    instance = await call(core(request).add_instance_queue, name=name, client_token=client_token,
+                          transport=transport)
     return JSONResponse(instance_json(instance, with_token=True), status_code=201)
 
 
@@ -275,3 +281,86 @@ async def simulator_events(request: Request) -> Response:
         }
         for e in events
     ])
+
+
+# -- the WhatsApp connection --------------------------------------------------------------------
+
+
+async def instance_status(request: Request) -> Response:
+    """Z-API's status: is the instance connected, and if not, why."""
+    instance = await authenticated(request)
+    if instance.transport == "simulator":
+        connected = bool((await call(core(request).simulator_configure, instance.id))["connected"])
+        state, detail = ("connected", None) if connected else ("disconnected", "simulator switched off")
+    else:
+        status = await call(core(request).instance_status, instance.id)
+        state = status["connection_state"] if status["owner_alive"] else "disconnected"
+        detail = status["connection_detail"] if status["owner_alive"] else "no worker holds the session"
+        connected = state == "connected"
+    return JSONResponse({
+        "connected": connected, "smartphoneConnected": connected, "state": state,
+        "error": None if connected else detail, "session": instance.whatsapp_jid,
+        "transport": instance.transport, "paused": instance.paused,
+    })
+
+
+async def _pairing_instance(request: Request) -> tuple[Instance, dict[str, Any]]:
+    instance = await authenticated(request)
+    if instance.transport != "neonize":
+        raise ValidationError("instance", "simulator instances need no pairing", status=409)
+    return instance, await call(core(request).instance_status, instance.id)
+
+
+async def qr_code(request: Request) -> Response:
+    """The current pairing QR code as text and as a PNG data URI (it changes every ~20 s)."""
+    _, status = await _pairing_instance(request)
+    if status["connection_state"] == "connected":
+        raise ValidationError("instance", "the instance is already connected", status=409)
+    if not status["qr_code"]:
+        raise ValidationError("instance", "no QR code yet: the worker is connecting, try again shortly", status=409)
+    png = qr_png(status["qr_code"])
+    return JSONResponse({"value": status["qr_code"], "updatedAt": iso(status["qr_updated_at"]),
+                         "image": "data:image/png;base64," + base64.b64encode(png).decode()})
+
+
+async def qr_code_image(request: Request) -> Response:
+    _, status = await _pairing_instance(request)
+    if not status["qr_code"] or status["connection_state"] == "connected":
+        raise ValidationError("instance", "no QR code to show", status=409)
+    return Response(qr_png(status["qr_code"]), media_type="image/png")
+
+
+def qr_png(text: str) -> bytes:
+    import segno
+
+    buffer = io.BytesIO()
+    segno.make_qr(text, error="L").save(buffer, kind="png", scale=6, border=2)
+    return buffer.getvalue()
+
+
+async def phone_code(request: Request) -> Response:
+    """An 8-character code to link the instance from the phone, instead of the QR code."""
+    instance, _ = await _pairing_instance(request)
+    phone = schemas.phone({"phone": request.path_params["phone"]})
+    result = await call(core(request).run_session_command, instance.id, "pair_phone", {"phone": phone})
+    return JSONResponse({"code": result["code"]})
+
+
+async def disconnect_instance(request: Request) -> Response:
+    """Log the instance out of WhatsApp (it must be paired again); the simulator just goes offline."""
+    instance = await authenticated(request)
+    if instance.transport == "simulator":
+        await call(core(request).simulator_configure, instance.id, connected=False)
+    else:
+        await call(core(request).run_session_command, instance.id, "logout")
+    return JSONResponse({"value": True})
+
+
+async def restart_instance(request: Request) -> Response:
+    """Reconnect the instance's WhatsApp session; the simulator comes back online."""
+    instance = await authenticated(request)
+    if instance.transport == "simulator":
+        await call(core(request).simulator_configure, instance.id, connected=True)
+    else:
+        await call(core(request).run_session_command, instance.id, "restart")
+    return JSONResponse({"value": True})

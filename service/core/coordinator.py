@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import time
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -32,9 +33,10 @@ from service.core.models import (
     Job,
     JobNotFound,
     MessageRequest,
+    SessionCommandFailed,
 )
 from service.db import fetch_all, fetch_one
-from service.settings import Settings
+from service.settings import Settings, min_send_interval
 
 logger = logging.getLogger("wmq.core")
 
@@ -76,6 +78,7 @@ class Coordinator:
         name: str = "",
         token: str | None = None,
         client_token: str | None = None,
+        transport: str | None = None,
     ) -> Instance:
         """Create an instance (a WhatsApp account) and its queue."""
         row = self._one(
@@ -84,7 +87,8 @@ class Coordinator:
             token=token or secrets.token_hex(16),
             client_token=client_token,
             name=name,
-            transport=self.settings.whatsapp_transport,
+            transport=transport or self.settings.whatsapp_transport,
+            min_send_interval_ms=round(min_send_interval(self.settings) * 1000),
         )
         assert row is not None
         instance = Instance.from_row(row)
@@ -286,6 +290,46 @@ class Coordinator:
         if not row or not row["ok"]:
             raise InstanceNotFound("instance not found")
         logger.info("connection changed", extra={"instance_id": str(instance_id), "state": state})
+
+    # -- WhatsApp sessions --------------------------------------------------------------------
+
+    def record_whatsapp_state(self, instance_id: UUID, state: str, detail: str | None, worker_id: UUID,
+                              **extra: Any) -> None:
+        """A session's state change: the QR code or WhatsApp id it brought, and the connection
+        state (on `connected` a waiting head goes at once)."""
+        self._one(
+            queries.RECORD_WHATSAPP + " RETURNING id", instance_id=instance_id, state=state,
+            has_qr="qr" in extra, qr=extra.get("qr"), has_jid="jid" in extra, jid=extra.get("jid"),
+            worker_id=worker_id,
+        )
+        self.set_connection_state(instance_id, state, detail)
+
+    def instance_status(self, instance_id: UUID) -> dict[str, Any]:
+        """The connection as the worker holding the session last saw it, if that worker lives."""
+        row = self._one(queries.INSTANCE_STATUS, id=instance_id, ttl_s=self.settings.message_queue_heartbeat_ttl)
+        if row is None:
+            raise InstanceNotFound("instance not found")
+        return row
+
+    def run_session_command(self, instance_id: UUID, command: str, args: dict[str, Any] | None = None
+                            ) -> dict[str, Any]:
+        """Ask the worker holding the instance's WhatsApp session to act, and wait for its answer."""
+        row = self._one(queries.INSERT_COMMAND, instance_id=instance_id, command=command, args=Jsonb(args or {}))
+        assert row is not None
+        deadline = time.monotonic() + self.settings.whatsapp_command_timeout
+        while time.monotonic() < deadline:
+            done = self._one(queries.COMMAND_RESULT, id=row["id"])
+            if done and done["done_at"]:
+                if done["error"]:
+                    raise SessionCommandFailed(done["error"])
+                return dict(done["result"] or {})
+            time.sleep(0.1)
+        self._one(queries.CANCEL_COMMAND + " RETURNING id", id=row["id"])
+        raise SessionCommandFailed("no worker holding this WhatsApp session answered in time")
+
+    def release_dead_sessions(self) -> list[dict[str, Any]] | None:
+        """Instances whose session holder died are no longer connected."""
+        return self._as_leader(queries.RELEASE_DEAD_SESSIONS, ttl_s=self.settings.message_queue_heartbeat_ttl)
 
     # -- maintenance (§3.7), run by the leader of workers/maintenance -------------------------
 

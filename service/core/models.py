@@ -51,6 +51,8 @@ class Instance:
     transport: str
     paused: bool
     connection_state: str
+    connection_detail: str | None
+    whatsapp_jid: str | None
     created_at: datetime
 
     @classmethod
@@ -113,6 +115,12 @@ class DueTimeTooFar(CoreError):
     """The delays chain past what a timestamp can hold (more than 100 years away)."""
 
     field = "delayMessage"
+
+
+class SessionCommandFailed(CoreError):
+    """The WhatsApp session could not do what was asked (or no worker holds it)."""
+
+    field = "instance"
 
 
 class JobNotFound(CoreError):

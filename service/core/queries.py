@@ -19,8 +19,8 @@ JOB_COLUMNS = """
 
 INSERT_INSTANCE = """
     WITH inserted AS (
-        INSERT INTO instances (id, token, client_token, name, transport)
-        VALUES (%(id)s, %(token)s, %(client_token)s, %(name)s, %(transport)s)
+        INSERT INTO instances (id, token, client_token, name, transport, min_send_interval_ms)
+        VALUES (%(id)s, %(token)s, %(client_token)s, %(name)s, %(transport)s, %(min_send_interval_ms)s)
         RETURNING *
     ), queue AS (
         INSERT INTO instance_queues (instance_id) SELECT id FROM inserted
@@ -72,6 +72,41 @@ CANCEL_ALL = "SELECT wmq_cancel_all(%(instance_id)s, %(queue)s, %(presence_actor
 
 SET_CONNECTION = """
     SELECT wmq_set_connection(%(instance_id)s, %(state)s, %(detail)s, %(queue)s, %(actor)s) AS ok
+"""
+
+# --- WhatsApp sessions (workers/transports/neonize/) -----------------------------------------
+
+RECORD_WHATSAPP = """
+    UPDATE instances
+       SET qr_code = CASE WHEN %(has_qr)s THEN %(qr)s WHEN %(state)s = 'qr' THEN qr_code END,
+           qr_updated_at = CASE WHEN %(has_qr)s THEN now() WHEN %(state)s = 'qr' THEN qr_updated_at END,
+           whatsapp_jid = CASE WHEN %(has_jid)s THEN %(jid)s ELSE whatsapp_jid END,
+           owner_worker_id = %(worker_id)s
+     WHERE id = %(instance_id)s
+"""
+
+INSERT_COMMAND = """
+    INSERT INTO instance_commands (instance_id, command, args) VALUES (%(instance_id)s, %(command)s, %(args)s)
+    RETURNING id
+"""
+
+COMMAND_RESULT = "SELECT done_at, result, error FROM instance_commands WHERE id = %(id)s"
+
+CANCEL_COMMAND = "DELETE FROM instance_commands WHERE id = %(id)s AND done_at IS NULL"
+
+INSTANCE_STATUS = """
+    SELECT i.*, wmq_worker_alive(i.owner_worker_id, %(ttl_s)s) AS owner_alive
+      FROM instances i WHERE i.id = %(id)s
+"""
+
+# A worker that died with sessions open leaves them marked as it last saw them.
+RELEASE_DEAD_SESSIONS = """
+    UPDATE instances
+       SET connection_state = 'disconnected', connection_detail = 'the worker holding the session died',
+           connection_changed_at = now(), owner_worker_id = NULL
+     WHERE transport = 'neonize' AND owner_worker_id IS NOT NULL
+       AND NOT wmq_worker_alive(owner_worker_id, %(ttl_s)s)
+    RETURNING id
 """
 
 # --- maintenance (workers/maintenance/) ------------------------------------------------------

@@ -15,6 +15,8 @@ logger = logging.getLogger("wmq.maintenance.rescuer")
 
 
 def run(coordinator: Coordinator) -> int:
+    for row in coordinator.release_dead_sessions() or []:
+        logger.warning("whatsapp session of a dead worker released", extra={"instance_id": str(row["id"])})
     rescued = coordinator.rescue_dead_workers() or []
     for row in rescued:
         logger.warning("message of a dead worker rescued", extra={

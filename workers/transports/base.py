@@ -47,3 +47,8 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class UncertainSendError(TransportError):
+    """The call did not answer in time: WhatsApp may or may not have the message. Retried or
+    discarded as `MESSAGE_QUEUE_RESEND_UNCERTAIN` says, like a send cut short by a crash."""

@@ -1,0 +1,142 @@
+"""The session manager: the worker thread that holds the WhatsApp sessions of this process.
+
+It runs in every worker; the Go library is loaded only once a `neonize` instance exists.
+
+One worker process at a time holds them (a session-level advisory lock; if that worker dies its
+connection closes and another worker takes over at its next check). The manager keeps one
+`Session` per `neonize` instance, in step with the `instances` table, records every state change,
+and runs the commands the API leaves in `instance_commands` (pair code, logout, restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+from service.core import Coordinator
+from service.settings import Settings
+from workers.transports.neonize.store import init_store
+
+if TYPE_CHECKING:
+    from workers.transports.neonize.sessions import Session
+
+logger = logging.getLogger("wmq.whatsapp")
+
+OWNER_LOCK = "SELECT pg_try_advisory_lock(hashtext('wmq.whatsapp-sessions')) AS owner"
+NEONIZE_INSTANCES = "SELECT id, whatsapp_jid FROM instances WHERE transport = 'neonize'"
+TAKE_COMMANDS = """
+    SELECT id, instance_id, command, args FROM instance_commands
+     WHERE done_at IS NULL AND instance_id = ANY(%(mine)s)
+     ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED
+"""
+FINISH_COMMAND = """
+    UPDATE instance_commands SET done_at = now(), result = %(result)s, error = %(error)s WHERE id = %(id)s
+"""
+
+
+class SessionManager(threading.Thread):
+    def __init__(self, coordinator: Coordinator, settings: Settings, database_url: str, worker_id: UUID,
+                 interval: float = 1.0) -> None:
+        super().__init__(name="wmq-whatsapp-sessions", daemon=True)
+        self.coordinator = coordinator
+        self.settings = settings
+        self.database_url = database_url
+        self.worker_id = worker_id
+        self.interval = interval
+        self.sessions: dict[UUID, Session] = {}
+        self.owner = False
+        self._stopping = threading.Event()
+        self._store_url: str | None = None
+        self._lock_conn: psycopg.Connection[Any] | None = None
+
+    def get(self, instance_id: UUID) -> Session | None:
+        return self.sessions.get(instance_id)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self._own():
+                    self._sync()
+                    self._run_commands()
+            except Exception:
+                logger.exception("whatsapp session upkeep failed")
+                self._drop_lock()
+            self._stopping.wait(self.interval)
+
+    def _own(self) -> bool:
+        if self._lock_conn is None or self._lock_conn.closed:
+            self.owner = False
+            self._lock_conn = psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
+        if not self.owner:
+            row = self._lock_conn.execute(OWNER_LOCK).fetchone()
+            self.owner = bool(row and row["owner"])
+            if self.owner:
+                logger.info("this worker holds the whatsapp sessions", extra={"worker_id": str(self.worker_id)})
+        else:
+            self._lock_conn.execute("SELECT 1")  # notice a lost connection (and so a lost lock)
+        return self.owner
+
+    def _drop_lock(self) -> None:
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+        self._lock_conn, self.owner = None, False
+
+    def _sync(self) -> None:
+        """A session for every neonize instance; none for removed ones."""
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            rows = {r["id"]: r["whatsapp_jid"] for r in conn.execute(NEONIZE_INSTANCES)}
+        if rows and self._store_url is None:
+            self._store_url = init_store(self.database_url, self.settings.whatsapp_store_schema)
+        if rows:
+            from workers.transports.neonize.sessions import Session  # loads the Go library
+        for instance_id, jid in rows.items():
+            if instance_id not in self.sessions:
+                session = Session(instance_id, self._store_url or "", jid, self._record,
+                                  proxy=self.settings.whatsapp_proxy,
+                                  max_backoff=self.settings.whatsapp_reconnect_max_backoff)
+                self.sessions[instance_id] = session
+                session.start()
+        for instance_id in set(self.sessions) - set(rows):
+            self.sessions.pop(instance_id).stop()
+
+    def _record(self, instance_id: UUID, state: str, detail: str | None, extra: dict[str, Any]) -> None:
+        self.coordinator.record_whatsapp_state(instance_id, state, detail, self.worker_id, **extra)
+
+    def _run_commands(self) -> None:
+        if not self.sessions:
+            return
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            for command in conn.execute(TAKE_COMMANDS, {"mine": list(self.sessions)}).fetchall():
+                result, error = None, None
+                try:
+                    result = self._execute(command["instance_id"], command["command"], command["args"])
+                except Exception as exc:
+                    error = str(exc) or type(exc).__name__
+                conn.execute(FINISH_COMMAND, {"id": command["id"], "error": error,
+                                              "result": psycopg.types.json.Jsonb(result)})
+
+    def _execute(self, instance_id: UUID, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        session = self.sessions[instance_id]
+        if command == "pair_phone":
+            return {"code": session.pair_phone(args["phone"])}
+        if command == "logout":
+            session.logout()
+            return {"state": session.state}
+        if command == "restart":
+            session.restart()
+            return {"state": "restarting"}
+        raise ValueError(f"unknown command {command}")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=10)
+        for session in list(self.sessions.values()):
+            session.stop()
+        self._drop_lock()

@@ -1,0 +1,95 @@
+"""The neonize transport: the `Transport` interface over the sessions this worker holds.
+
+Every WhatsApp call is bounded by `MESSAGE_QUEUE_JOB_TIMEOUT` (a helper thread runs it), so a
+hung call can never hold a message thread past the heartbeat TTL (R5). A send that does not
+answer in time may still reach WhatsApp: it is reported as uncertain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as CallTimeout
+from typing import TypeVar
+from uuid import UUID
+
+from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+from workers.transports.base import (
+    InstanceDisconnected,
+    OutgoingMessage,
+    Presence,
+    RetryableSendError,
+    TransportError,
+    UncertainSendError,
+)
+from workers.transports.neonize.errors import map_error
+from workers.transports.neonize.manager import SessionManager
+from workers.transports.neonize.messages import build_message
+from workers.transports.neonize.sessions import Session, parse_jid
+
+T = TypeVar("T")
+
+PRESENCES = {
+    "composing": (ChatPresence.CHAT_PRESENCE_COMPOSING, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT),
+    "recording": (ChatPresence.CHAT_PRESENCE_COMPOSING, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO),
+    "paused": (ChatPresence.CHAT_PRESENCE_PAUSED, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT),
+}
+
+
+def to_jid_text(phone: str) -> str:
+    """Our stored phone → a WhatsApp address: digits, a full JID, or Z-API's `…-group`."""
+    if "@" in phone:
+        return phone
+    if phone.endswith("-group"):
+        return f"{phone.removesuffix('-group')}@g.us"
+    return f"{phone}@s.whatsapp.net"
+
+
+class NeonizeTransport:
+    def __init__(self, manager: SessionManager, *, timeout: float, threads: int) -> None:
+        self.manager = manager
+        self.timeout = timeout
+        self.calls = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="whatsapp-call")
+
+    def _session(self, instance_id: UUID) -> Session:
+        session = self.manager.get(instance_id)
+        if session is None:
+            reason = "this worker does not hold the session" if not self.manager.owner else "no session yet"
+            raise InstanceDisconnected(reason)
+        if not session.connected:
+            raise InstanceDisconnected(f"{session.state}: {session.detail or 'not connected'}")
+        return session
+
+    def _bounded(self, call: Callable[[], T], on_timeout: type[TransportError]) -> T:
+        future = self.calls.submit(call)
+        try:
+            return future.result(timeout=self.timeout)
+        except CallTimeout:
+            raise on_timeout(f"WhatsApp did not answer within {self.timeout:g}s") from None
+        except TransportError:
+            raise
+        except Exception as error:
+            raise map_error(error) from None
+
+    def is_connected(self, instance_id: UUID) -> bool:
+        session = self.manager.get(instance_id)
+        return bool(session and session.connected)
+
+    def send_presence(self, instance_id: UUID, phone: str, presence: Presence) -> None:
+        session = self._session(instance_id)
+        state, media = PRESENCES[presence]
+        jid = parse_jid(to_jid_text(phone))
+        self._bounded(lambda: session.client.send_chat_presence(jid, state, media), RetryableSendError)
+
+    def send(self, message: OutgoingMessage) -> str:
+        session = self._session(message.instance_id)
+        jid = parse_jid(to_jid_text(message.phone))
+
+        # Fetching and uploading media sends nothing yet: a timeout there is plainly retryable.
+        built = self._bounded(lambda: build_message(message.message_type, message.payload,
+                                                    upload=session.client.upload), RetryableSendError)
+        return self._bounded(lambda: str(session.client.send_message(jid, built).ID), UncertainSendError)
+
+    def close(self) -> None:
+        self.calls.shutdown(wait=False, cancel_futures=True)

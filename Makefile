@@ -19,11 +19,11 @@ run: install
 	$(BIN)/wmq run
 
 test: install-test
-	$(BIN)/ruff check service workers tests
+	$(BIN)/ruff check service workers tests scripts
 	$(BIN)/pytest
 
 lint: install-test
-	$(BIN)/ruff check service workers tests
+	$(BIN)/ruff check service workers tests scripts
 
 clean:
 	rm -rf $(VENV) .data

@@ -66,6 +66,15 @@ BEGIN
 END
 $$;
 
+-- Which broker queue an instance's dispatches go to. Real WhatsApp sessions live in one worker
+-- process (workers/transports/neonize/manager.py): their messages go to the `-sessions` queue,
+-- which only that worker consumes; simulator instances use the shared queue.
+CREATE FUNCTION wmq_queue_for(p_instance uuid, p_queue text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT p_queue || CASE WHEN i.transport = 'neonize' THEN '-sessions' ELSE '' END
+      FROM instances i WHERE i.id = p_instance
+$$;
+
 -- R2: put one message into the broker, as a row of dramatiq-postgres' own table, in the
 -- caller's transaction. The broker message carries ids only; its message_id is the dispatch
 -- id, a name-based UUID of (zaap_id, attempt, phase, fence), stored on the message so that
@@ -78,6 +87,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_new uuid;
     v_old uuid;
+    v_queue text;
 BEGIN
     UPDATE messages m
        SET attempt = m.attempt + 1,
@@ -86,7 +96,7 @@ BEGIN
            dispatch_id = md5(m.zaap_id || ':' || (m.attempt + 1) || ':' || p_phase || ':' || m.fence)::uuid
       FROM messages old
      WHERE m.zaap_id = p_zaap AND old.zaap_id = p_zaap
- RETURNING m.dispatch_id, old.dispatch_id INTO v_new, v_old;
+ RETURNING m.dispatch_id, old.dispatch_id, wmq_queue_for(m.instance_id, p_queue) INTO v_new, v_old, v_queue;
 
     IF v_old IS NOT NULL THEN
         DELETE FROM dramatiq.queue WHERE message_id = v_old AND state = 'queued';
@@ -94,9 +104,9 @@ BEGIN
 
     INSERT INTO dramatiq.queue (queue_name, message_id, state, message, available_at)
     VALUES (
-        p_queue, v_new, 'queued',
+        v_queue, v_new, 'queued',
         jsonb_build_object(
-            'queue_name', p_queue,
+            'queue_name', v_queue,
             'actor_name', p_actor,
             'args', jsonb_build_array(p_zaap, p_phase),
             'kwargs', '{}'::jsonb,
@@ -108,7 +118,7 @@ BEGIN
 
     -- Delivered at commit. A future message is found by the consumers' poll instead.
     IF p_available_at <= now() THEN
-        PERFORM pg_notify('dramatiq.' || p_queue || '.enqueue', '');
+        PERFORM pg_notify('dramatiq.' || v_queue || '.enqueue', '');
     END IF;
     RETURN v_new;
 END
@@ -134,12 +144,13 @@ RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid := gen_random_uuid();
+    v_queue text := wmq_queue_for(p_instance, p_queue);
 BEGIN
     INSERT INTO dramatiq.queue (queue_name, message_id, state, message, available_at)
     VALUES (
-        p_queue, v_id, 'queued',
+        v_queue, v_id, 'queued',
         jsonb_build_object(
-            'queue_name', p_queue,
+            'queue_name', v_queue,
             'actor_name', p_actor,
             'args', jsonb_build_array(p_instance::text, p_phone, p_presence),
             'kwargs', '{}'::jsonb,
@@ -147,7 +158,7 @@ BEGIN
             'message_id', v_id::text,
             'message_timestamp', (extract(epoch FROM clock_timestamp()) * 1000)::bigint),
         now());
-    PERFORM pg_notify('dramatiq.' || p_queue || '.enqueue', '');
+    PERFORM pg_notify('dramatiq.' || v_queue || '.enqueue', '');
     RETURN v_id;
 END
 $$;

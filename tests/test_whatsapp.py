@@ -144,3 +144,34 @@ def test_minimum_send_interval_spaces_an_instance_sends(make_stack: Any) -> None
     sends = stack.sends(instance)
     for earlier, later in zip(sends, sends[1:], strict=False):
         assert (later["started_at"] - earlier["ended_at"]).total_seconds() >= 1.0
+
+
+def test_one_worker_holds_the_sessions_and_another_takes_over_when_it_dies(make_stack: Any) -> None:
+    stack: Stack = make_stack(workers=2)
+    real = stack.create_instance(transport="neonize")
+
+    def holder() -> str | None:
+        row = stack.one("SELECT owner_worker_id FROM instances WHERE id = %s", (real["id"],))
+        return str(row["owner_worker_id"]) if row["owner_worker_id"] else None
+
+    first = wait_until(holder, 60, "a worker to take the session")
+    waiting = stack.send_text(real, "routed to the holder")["zaapId"]
+    wait_until(lambda: any("disconnected" in (e["detail"] or "") for e in stack.history(waiting)), 60, "a snooze")
+    claimers = {str(e["worker_id"]) for e in stack.history(waiting) if e["to_status"] == "running"}
+    assert claimers == {first}, "only the worker holding the session may claim its messages"
+    assert stack.one("SELECT queue_name FROM dramatiq.queue q JOIN messages m ON m.dispatch_id = q.message_id"
+                     " WHERE m.zaap_id = %s", (waiting,))["queue_name"] == "whatsapp-sessions"
+
+    process = stack.worker_process(first)
+    process.kill()
+    process.wait(timeout=10)
+    wait_until(lambda: (h := holder()) is not None and h != first, 60, "the other worker to take over")
+    simulated = stack.create_instance()
+    flowing = stack.send_text(simulated, "still flowing")["zaapId"]
+    stack.wait_completed([flowing], timeout=30)
+
+
+def test_smoke_script_explains_itself() -> None:
+    result = subprocess.run([sys.executable, "scripts/smoke_whatsapp.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "Linked devices" in result.stdout

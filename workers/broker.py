@@ -8,6 +8,8 @@ TimeLimit), callbacks, pipelines and results (messages carry ids only).
 
 from __future__ import annotations
 
+from typing import Any
+
 from dramatiq.middleware import Middleware
 from dramatiq_postgres import PostgresBroker
 from psycopg_pool import ConnectionPool
@@ -15,9 +17,42 @@ from psycopg_pool import ConnectionPool
 from service.settings import Settings
 
 
-def build_broker(pool: ConnectionPool, settings: Settings, middleware: list[Middleware]) -> PostgresBroker:
-    """A broker on our own pool; poll, heartbeat and upkeep intervals from our settings."""
-    return PostgresBroker(
+def sessions_queue(settings: Settings) -> str:
+    """The queue of instances with a real WhatsApp session (sql: wmq_queue_for)."""
+    return f"{settings.message_queue_name}-sessions"
+
+
+class QueueBroker(PostgresBroker):
+    """dramatiq-postgres' broker whose per-queue prefetch can change while it runs.
+
+    A prefetch of 0 means the consumer claims nothing: the sessions queue is consumed only by
+    the worker holding the WhatsApp sessions, and a stopping worker claims nothing more."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prefetch_limits: dict[str, int] = {}
+        self._consumers: dict[str, Any] = {}
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Any:
+        consumer = super().consume(queue_name, self.prefetch_limits.get(queue_name, prefetch), timeout)
+        self._consumers[queue_name] = consumer
+        return consumer
+
+    def set_prefetch(self, queue_name: str, prefetch: int) -> None:
+        self.prefetch_limits[queue_name] = prefetch
+        consumer = self._consumers.get(queue_name)
+        if consumer is not None:
+            consumer.prefetch = prefetch
+
+    def stop_claiming(self) -> None:
+        for queue_name in list(self._consumers):
+            self.set_prefetch(queue_name, 0)
+
+
+def build_broker(pool: ConnectionPool, settings: Settings, middleware: list[Middleware]) -> QueueBroker:
+    """A broker on our own pool; poll, heartbeat and upkeep intervals from our settings. The
+    sessions queue is declared with a prefetch of 0 until this worker holds the sessions."""
+    broker = QueueBroker(
         pool=pool,
         results=False,
         middleware=middleware,
@@ -26,3 +61,5 @@ def build_broker(pool: ConnectionPool, settings: Settings, middleware: list[Midd
         heartbeat_ttl=settings.message_queue_heartbeat_ttl,
         maintenance_interval=settings.message_queue_maintenance_interval,
     )
+    broker.prefetch_limits[sessions_queue(settings)] = 0
+    return broker

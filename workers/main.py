@@ -18,7 +18,7 @@ from service.core import Coordinator
 from service.db import make_pool
 from service.settings import Settings
 from workers.actors import Deliverer, PresenceSender, declare_actors
-from workers.broker import build_broker
+from workers.broker import build_broker, sessions_queue
 from workers.maintenance import MaintenanceLoop
 from workers.ordering import OrderingMiddleware
 from workers.transports import build_transport
@@ -38,9 +38,17 @@ def run_worker(settings: Settings, database_url: str) -> int:
     coordinator = Coordinator(pool, settings)
     broker = build_broker(pool, settings, [OrderingMiddleware(coordinator)])
     dramatiq.set_broker(broker)
-    transport = build_transport(settings, pool, coordinator, database_url, UUID(broker.worker_id))
+    sessions = sessions_queue(settings)
+
+    def hold_sessions(owner: bool) -> None:
+        """Consume the sessions queue only while this worker holds the WhatsApp sessions."""
+        broker.set_prefetch(sessions, threads if owner else 0)
+
+    transport = build_transport(settings, pool, coordinator, database_url, UUID(broker.worker_id),
+                                on_ownership=hold_sessions)
     deliverer = Deliverer(coordinator, transport, settings, UUID(broker.worker_id))
     declare_actors(broker, deliverer, PresenceSender(transport), settings.message_queue_name)
+    broker.declare_queue(sessions)
     maintenance = MaintenanceLoop(coordinator, settings.message_queue_maintenance_interval)
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
@@ -66,10 +74,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     stopping.wait()
     # Claim nothing more: a stopping worker must not sit on other instances' heads while its
     # last send finishes (consumers keep heartbeating meanwhile).
-    for consumer_thread in worker.consumers.values():
-        consumer = getattr(consumer_thread, "consumer", None)
-        if consumer is not None:
-            consumer.prefetch = 0
+    broker.stop_claiming()
     maintenance.stop()
     # Stops taking messages, lets every message in progress finish and record, puts the
     # claimed-ahead ones back in the broker.

@@ -78,12 +78,12 @@ class RoutingTransport:
 
 
 def build_transport(settings: Settings, pool: ConnectionPool, coordinator: Coordinator, database_url: str,
-                    worker_id: UUID) -> RoutingTransport:
+                    worker_id: UUID, on_ownership: Callable[[bool], None] | None = None) -> RoutingTransport:
     """The worker's transport. The WhatsApp session manager runs from the start (sessions must
     show their QR codes before any message); it loads neonize once a neonize instance exists."""
     from workers.transports.neonize.manager import SessionManager
 
-    manager = SessionManager(coordinator, settings, database_url, worker_id)
+    manager = SessionManager(coordinator, settings, database_url, worker_id, on_ownership=on_ownership)
     manager.start()
 
     def simulator() -> Transport:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -41,13 +42,14 @@ FINISH_COMMAND = """
 
 class SessionManager(threading.Thread):
     def __init__(self, coordinator: Coordinator, settings: Settings, database_url: str, worker_id: UUID,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, on_ownership: Callable[[bool], None] | None = None) -> None:
         super().__init__(name="wmq-whatsapp-sessions", daemon=True)
         self.coordinator = coordinator
         self.settings = settings
         self.database_url = database_url
         self.worker_id = worker_id
         self.interval = interval
+        self.on_ownership = on_ownership or (lambda owner: None)
         self.sessions: dict[UUID, Session] = {}
         self.owner = False
         self._stopping = threading.Event()
@@ -79,11 +81,18 @@ class SessionManager(threading.Thread):
             self.owner = bool(row and row["owner"])
             if self.owner:
                 logger.info("this worker holds the whatsapp sessions", extra={"worker_id": str(self.worker_id)})
+                self.on_ownership(True)
         else:
             self._lock_conn.execute("SELECT 1")  # notice a lost connection (and so a lost lock)
         return self.owner
 
     def _drop_lock(self) -> None:
+        """Give the sessions up (a lost lock means another worker may take them over)."""
+        if self.owner:
+            self.on_ownership(False)
+            for session in self.sessions.values():
+                session.stop()
+            self.sessions.clear()
         if self._lock_conn is not None:
             self._lock_conn.close()
         self._lock_conn, self.owner = None, False
@@ -137,6 +146,4 @@ class SessionManager(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=10)
-        for session in list(self.sessions.values()):
-            session.stop()
         self._drop_lock()

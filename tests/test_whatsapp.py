@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,6 +123,23 @@ def test_pairing_routes(make_stack: Any) -> None:
     status = stack.http.get(f"{base}/status").json()
     assert (status["connected"], status["state"], status["transport"]) == (False, "disconnected", "neonize")
     assert status["error"] == "no worker holds the session"
+
+
+def test_a_dead_session_holder_leaves_no_instance_connected(make_stack: Any) -> None:
+    """A Go panic kills the worker holding the sessions: its instances must not stay connected."""
+    stack: Stack = make_stack(workers=0)
+    real = stack.create_instance(transport="neonize")
+    stack.all("UPDATE instances SET connection_state = 'connected', owner_worker_id = gen_random_uuid()"
+              " WHERE id = %s RETURNING id", (real["id"],))
+    status = stack.http.get(f"{stack.base(real)}/status").json()
+    assert (status["connected"], status["error"]) == (False, "no worker holds the session")
+    with stack.core() as core:
+        released = core.release_dead_sessions()
+    assert released == [{"id": uuid.UUID(real["id"])}]
+    row = stack.one("SELECT connection_state, connection_detail, owner_worker_id FROM instances WHERE id = %s",
+                    (real["id"],))
+    assert row == {"connection_state": "disconnected", "connection_detail": "the worker holding the session died",
+                   "owner_worker_id": None}
 
 
 def test_simulator_instances_disconnect_and_restart_over_http(stack: Stack) -> None:

@@ -346,21 +346,20 @@ async def phone_code(request: Request) -> Response:
     return JSONResponse({"code": result["code"]})
 
 
-async def disconnect_instance(request: Request) -> Response:
-    """Log the instance out of WhatsApp (it must be paired again); the simulator just goes offline."""
+async def _session_action(request: Request, command: str, simulator_connected: bool) -> Response:
     instance = await authenticated(request)
     if instance.transport == "simulator":
-        await call(core(request).simulator_configure, instance.id, connected=False)
+        await call(core(request).simulator_configure, instance.id, connected=simulator_connected)
     else:
-        await call(core(request).run_session_command, instance.id, "logout")
+        await call(core(request).run_session_command, instance.id, command)
     return JSONResponse({"value": True})
+
+
+async def disconnect_instance(request: Request) -> Response:
+    """Log the instance out of WhatsApp (it must be paired again); the simulator just goes offline."""
+    return await _session_action(request, "logout", simulator_connected=False)
 
 
 async def restart_instance(request: Request) -> Response:
     """Reconnect the instance's WhatsApp session; the simulator comes back online."""
-    instance = await authenticated(request)
-    if instance.transport == "simulator":
-        await call(core(request).simulator_configure, instance.id, connected=True)
-    else:
-        await call(core(request).run_session_command, instance.id, "restart")
-    return JSONResponse({"value": True})
+    return await _session_action(request, "restart", simulator_connected=True)

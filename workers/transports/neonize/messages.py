@@ -99,31 +99,27 @@ def text(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
     return Message(conversation=_required(payload, "message"))
 
 
+def _media(kind: str, media_type: MediaType, payload: dict[str, Any], upload: Upload, fetch: Fetch
+           ) -> dict[str, Any]:
+    """The fields an image, audio or video message shares: the upload, mimetype, view-once."""
+    media = fetch(_required(payload, kind))
+    return {"mimetype": _sniff(media, kind), "viewOnce": bool(payload.get("viewOnce", False)),
+            **_uploaded(upload(media.data, media_type))}
+
+
 def image(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    media = fetch(_required(payload, "image"))
-    return Message(imageMessage=ImageMessage(
-        mimetype=_sniff(media, "image"), caption=payload.get("caption"),
-        viewOnce=bool(payload.get("viewOnce", False)),
-        **_uploaded(upload(media.data, MediaType.MediaImage)),
-    ))
+    fields = _media("image", MediaType.MediaImage, payload, upload, fetch)
+    return Message(imageMessage=ImageMessage(caption=payload.get("caption"), **fields))
 
 
 def audio(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    media = fetch(_required(payload, "audio"))
-    return Message(audioMessage=AudioMessage(
-        mimetype=_sniff(media, "audio"), PTT=bool(payload.get("ptt", True)),
-        viewOnce=bool(payload.get("viewOnce", False)),
-        **_uploaded(upload(media.data, MediaType.MediaAudio)),
-    ))
+    fields = _media("audio", MediaType.MediaAudio, payload, upload, fetch)
+    return Message(audioMessage=AudioMessage(PTT=bool(payload.get("ptt", True)), **fields))
 
 
 def video(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    media = fetch(_required(payload, "video"))
-    return Message(videoMessage=VideoMessage(
-        mimetype=_sniff(media, "video"), caption=payload.get("caption"),
-        viewOnce=bool(payload.get("viewOnce", False)),
-        **_uploaded(upload(media.data, MediaType.MediaVideo)),
-    ))
+    fields = _media("video", MediaType.MediaVideo, payload, upload, fetch)
+    return Message(videoMessage=VideoMessage(caption=payload.get("caption"), **fields))
 
 
 def document(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:

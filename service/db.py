@@ -18,17 +18,27 @@ MIGRATION_LOCK_ID = 7_311_002_001
 
 
 def make_pool(url: str, *, max_size: int, name: str = "wmq") -> ConnectionPool:
-    """A pool of plain connections (tuple rows: the broker shares it), opened before returning."""
+    """A pool of plain connections (tuple rows: the broker shares it), opened before returning.
+
+    Connections are in autocommit: every core operation is one statement (a SQL function, atomic
+    by itself), which saves the BEGIN and COMMIT round trips; multi-statement work opens
+    `conn.transaction()` explicitly, as the broker does."""
     pool = ConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
-        kwargs={"application_name": name},
+        kwargs={"application_name": name, "autocommit": True},
         check=ConnectionPool.check_connection,
+        reset=_autocommit,
         open=False,
     )
     pool.open(wait=True, timeout=30)
     return pool
+
+
+def _autocommit(conn: psycopg.Connection[Any]) -> None:
+    """Back to autocommit when returned to the pool (the broker's LISTEN helper turns it off)."""
+    conn.autocommit = True
 
 
 def fetch_one(pool: ConnectionPool, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -85,9 +85,9 @@ class Deliverer:
 
     def _deliver(self, job: Job) -> None:
         ctx = log_context(job)
+        # No connectivity check first: the transport raises InstanceDisconnected when it cannot
+        # send, before anything reaches WhatsApp, and the head is snoozed either way.
         try:
-            if not self.transport.is_connected(job.instance_id):
-                raise InstanceDisconnected("instance is not connected")
             typing = job.delay_typing_ms > 0
             if typing and job.phase == 1:
                 self.transport.send_presence(job.instance_id, job.phone, presence_for(job.message_type))

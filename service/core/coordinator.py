@@ -335,7 +335,7 @@ class Coordinator:
 
     def _as_leader(self, sql: str, **params: Any) -> list[dict[str, Any]] | None:
         """Run `sql` if this transaction wins the maintenance lock; None if another loop holds it."""
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             leader = cur.execute(queries.MAINTENANCE_LOCK).fetchone()
             if not leader or not leader["leader"]:
                 return None

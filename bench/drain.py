@@ -1,0 +1,107 @@
+"""Dispatch throughput: how fast queued messages go out, against the broker's own ceiling.
+
+    .venv/bin/python bench/drain.py [--instances 1000] [--per-instance 20] [--hot 2000]
+
+1. Many instances: `instances × per-instance` messages with zero delays, jitter and latency,
+   queued before a worker (8 threads) starts; messages/s from worker start to the last send,
+   with per-instance order checked.
+2. Broker ceiling: the same number of broker messages for a no-op Dramatiq actor on
+   dramatiq-postgres alone, 8 threads.
+3. One hot instance: a backlog of `hot` messages on one instance, at a 100 ms and a 1 s poll
+   interval: every hop (complete → dispatch next head → NOTIFY → claim) must skip the poll, so
+   the rate must not depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import ROOT, Stack, database, print_table, wait_until, workdir
+
+ENQUEUE_MANY = """
+    SELECT wmq_enqueue(md5(random()::text || clock_timestamp()::text), %(instance)s, 'text', '5511999999999',
+                       '{"message": "bench"}', 0, 0, 0, NULL, 3, 'whatsapp', 'deliver')
+      FROM generate_series(1, %(count)s)
+"""
+
+
+def queue_backlog(stack: Stack, instances: int, per_instance: int) -> list[str]:
+    """Create instances and queue their messages straight through the SQL core (no worker yet)."""
+    ids = []
+    for n in range(instances):
+        instance = stack.create_instance(name=f"bench-{n}")
+        ids.append(instance["id"])
+        stack.all(ENQUEUE_MANY, {"instance": instance["id"], "count": per_instance})
+    return ids
+
+
+def drain(stack: Stack, total: int, timeout: float) -> float:
+    """Start a worker and wait for every message to complete; messages/s from the first claim to
+    the last send (the worker's start-up excluded)."""
+    stack.start_worker()
+    wait_until(lambda: stack.one("SELECT count(*) AS n FROM messages WHERE status = 'completed'")["n"] == total,
+               timeout, f"{total} messages to complete", interval=0.5)
+    span = stack.one("SELECT min(started_at) AS first, max(sent_at) AS last FROM messages")
+    return total / (span["last"] - span["first"]).total_seconds()
+
+
+def check_order(stack: Stack, instance_ids: list[str]) -> bool:
+    rows = stack.all("""
+        SELECT e.instance_id, array_agg(m.sequence ORDER BY e.id) AS sent
+          FROM simulator_events e JOIN messages m ON m.zaap_id = e.zaap_id
+         WHERE e.kind = 'send' GROUP BY e.instance_id""")
+    return len(rows) == len(instance_ids) and all(r["sent"] == sorted(r["sent"]) for r in rows)
+
+
+def ours(work: Path, instances: int, per_instance: int, env: dict[str, Any]) -> tuple[float, bool]:
+    with database(work / f"db-{time.monotonic_ns()}") as url:
+        stack = Stack(url, work / f"stack-{time.monotonic_ns()}", {"MESSAGE_QUEUE_WORKER_THREADS": 8,
+                                                                    "LOG_LEVEL": "WARNING", **env})
+        stack.start_api()
+        try:
+            ids = queue_backlog(stack, instances, per_instance)
+            rate = drain(stack, instances * per_instance, timeout=3600)
+            return rate, check_order(stack, ids)
+        finally:
+            stack.stop()
+
+
+def broker_ceiling(work: Path, total: int) -> float:
+    with database(work / f"db-{time.monotonic_ns()}") as url:
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / "noop_worker.py"), url, str(total)],
+                                capture_output=True, text=True, timeout=3600)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+        return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=1000)
+    parser.add_argument("--per-instance", type=int, default=20)
+    parser.add_argument("--hot", type=int, default=2000)
+    args = parser.parse_args()
+    total = args.instances * args.per_instance
+    with workdir() as work:
+        rate, ordered = ours(work, args.instances, args.per_instance, {})
+        ceiling = broker_ceiling(work, total)
+        print_table(f"Dispatch: {args.instances} instances × {args.per_instance} messages, 1 worker × 8 threads", [
+            {"system": "wmq (claim, typing check, send on simulator, complete, next head)", "messages/s": rate,
+             "per-instance order": "kept" if ordered else "BROKEN", "vs ceiling": f"{rate / ceiling:.0%}"},
+            {"system": "dramatiq-postgres no-op actor (broker ceiling)", "messages/s": ceiling,
+             "per-instance order": "n/a", "vs ceiling": "100%"},
+        ])
+        hot = []
+        for poll in ("100ms", "1s"):
+            hot_rate, hot_ordered = ours(work, 1, args.hot, {"MESSAGE_QUEUE_POLL_INTERVAL": poll})
+            hot.append({"poll interval": poll, "messages/s": hot_rate, "order": "kept" if hot_ordered else "BROKEN"})
+        print_table(f"One hot instance: backlog of {args.hot}", hot)
+
+
+if __name__ == "__main__":
+    main()

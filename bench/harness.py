@@ -1,0 +1,87 @@
+"""What every benchmark needs: a PostgreSQL (embedded unless BENCH_DATABASE_URL), a fresh
+migrated database, and the service's real processes (the tests' Stack)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.db import migrate, start_embedded_postgres  # noqa: E402
+from tests.stack import Stack, wait_until  # noqa: E402
+
+__all__ = ["Stack", "database", "percentile", "print_table", "wait_until", "workdir"]
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="wmq-bench-") as path:
+        yield Path(path)
+
+
+@contextlib.contextmanager
+def database(work: Path) -> Iterator[str]:
+    """A fresh, migrated database; dropped afterwards."""
+    server = None
+    admin = os.environ.get("BENCH_DATABASE_URL")
+    if not admin:
+        server = start_embedded_postgres(work)
+        admin = server.get_uri()
+    name = f"wmq_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(admin, dbname=name)
+    migrate(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        if server is not None:
+            server.cleanup()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    """A Markdown table, ready to paste into docs/benchmarks.md."""
+    print(f"\n### {title}\n")
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    sys.stdout.flush()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value)
+
+
+def timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

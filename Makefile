@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-test clean
+.PHONY: run test lint bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,14 @@ run: install
 	$(BIN)/wmq run
 
 test: install-test
-	$(BIN)/ruff check service workers tests scripts
+	$(BIN)/ruff check service workers tests scripts bench
 	$(BIN)/pytest
 
+bench: install-test
+	cd bench && ../$(BIN)/python drain.py && ../$(BIN)/python enqueue.py
+
 lint: install-test
-	$(BIN)/ruff check service workers tests scripts
+	$(BIN)/ruff check service workers tests scripts bench
 
 clean:
 	rm -rf $(VENV) .data

@@ -91,7 +91,7 @@ def main() -> None:
         rate, ordered = ours(work, args.instances, args.per_instance, {})
         ceiling = broker_ceiling(work, total)
         print_table(f"Dispatch: {args.instances} instances × {args.per_instance} messages, 1 worker × 8 threads", [
-            {"system": "wmq (claim, typing check, send on simulator, complete, next head)", "messages/s": rate,
+            {"system": "wmq: claim, send on the simulator, complete, dispatch the next head", "messages/s": rate,
              "per-instance order": "kept" if ordered else "BROKEN", "vs ceiling": f"{rate / ceiling:.0%}"},
             {"system": "dramatiq-postgres no-op actor (broker ceiling)", "messages/s": ceiling,
              "per-instance order": "n/a", "vs ceiling": "100%"},

@@ -1,0 +1,24 @@
+"""Benchmarks are not tests, but each script must keep running: a tiny run of each."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.stack import ROOT
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("drain.py", ["--instances", "2", "--per-instance", "3", "--hot", "5"], "| kept |"),
+        ("enqueue.py", ["--seconds", "1", "--clients", "2", "--instances", "2"], "pgbench"),
+    ],
+)
+def test_benchmark_script_runs(script: str, args: list[str], expected: str) -> None:
+    result = subprocess.run([sys.executable, script, *args], cwd=ROOT / "bench", capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout and "BROKEN" not in result.stdout

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     message_queue_heartbeat_interval: Duration = 15.0
     message_queue_heartbeat_ttl: Duration = 60.0
     message_queue_maintenance_interval: Duration = 30.0
+    #: Notify a queue the moment its next delayed message falls due (workers/waker.py), so
+    #: delayed messages are not up to a poll interval late.
+    message_queue_due_wakeup: bool = True
     #: The broker queue the workers consume.
     message_queue_name: str = "whatsapp"
     #: Resend a message whose send was interrupted by a crash (at-least-once), or discard it.

@@ -116,9 +116,13 @@ BEGIN
         p_available_at)
     ON CONFLICT (message_id) DO NOTHING;
 
-    -- Delivered at commit. A future message is found by the consumers' poll instead.
+    -- Delivered at commit. A future message wakes the due-time waker instead, which notifies
+    -- the queue when the message falls due (workers/waker.py); the consumers' poll is the
+    -- fallback. Notifications are folded per transaction, so a burst costs one.
     IF p_available_at <= now() THEN
         PERFORM pg_notify('dramatiq.' || v_queue || '.enqueue', '');
+    ELSE
+        PERFORM pg_notify('wmq.due', '');
     END IF;
     RETURN v_new;
 END

@@ -109,3 +109,18 @@ def test_pacing_holds_after_a_backlog(stack: Stack) -> None:
     sends = stack.sends(instance)
     for earlier, later in pairwise(sends):
         assert later["started_at"] - earlier["ended_at"] >= timedelta(seconds=1)
+
+
+def test_due_time_waker_notifies_the_queue_when_a_delayed_message_falls_due(stack: Stack) -> None:
+    import psycopg
+
+    instance = stack.create_instance()
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute('LISTEN "dramatiq.whatsapp.enqueue"')
+        zaap_id = stack.send_text(instance, "later", delayMessage=2)["zaapId"]
+        due = stack.job(zaap_id)["available_at"]
+        notified = list(conn.notifies(timeout=15, stop_after=1))
+        at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    assert notified, "nobody woke the queue when the message fell due"
+    assert at >= due
+    stack.wait_completed([zaap_id], timeout=30)

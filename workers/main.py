@@ -22,6 +22,7 @@ from workers.broker import build_broker, sessions_queue
 from workers.maintenance import MaintenanceLoop
 from workers.ordering import OrderingMiddleware
 from workers.transports import build_transport
+from workers.waker import DueTimeWaker
 
 logger = logging.getLogger("wmq.worker")
 
@@ -50,6 +51,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
     declare_actors(broker, deliverer, PresenceSender(transport), settings.message_queue_name)
     broker.declare_queue(sessions)
     maintenance = MaintenanceLoop(coordinator, settings.message_queue_maintenance_interval)
+    waker = DueTimeWaker(database_url, [settings.message_queue_name, sessions]) \
+        if settings.message_queue_due_wakeup else None
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
     # Claim no more than we can run: messages claimed ahead by a worker that dies wait out the
@@ -68,6 +71,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
 
     worker.start()
     maintenance.start()
+    if waker is not None:
+        waker.start()
     logger.info("worker started", extra={
         "worker_id": broker.worker_id, "threads": threads, "queue": settings.message_queue_name,
     })
@@ -76,6 +81,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # last send finishes (consumers keep heartbeating meanwhile).
     broker.stop_claiming()
     maintenance.stop()
+    if waker is not None:
+        waker.stop()
     # Stops taking messages, lets every message in progress finish and record, puts the
     # claimed-ahead ones back in the broker.
     worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)

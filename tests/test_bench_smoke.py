@@ -15,6 +15,7 @@ from tests.stack import ROOT
     [
         ("drain.py", ["--instances", "2", "--per-instance", "3", "--hot", "5"], "| kept |"),
         ("enqueue.py", ["--seconds", "1", "--clients", "2", "--instances", "2"], "pgbench"),
+        ("lateness.py", ["--instances", "2", "--spread", "1"], "| 1s | on |"),
     ],
 )
 def test_benchmark_script_runs(script: str, args: list[str], expected: str) -> None:
@@ -22,3 +23,6 @@ def test_benchmark_script_runs(script: str, args: list[str], expected: str) -> N
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout and "BROKEN" not in result.stdout
+    if script == "lateness.py":
+        rows = [line for line in result.stdout.splitlines() if line.startswith(("| 100ms", "| 1s"))]
+        assert len(rows) == 4 and all(row.endswith("| 0 |") for row in rows), "a message went early"

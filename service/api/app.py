@@ -95,6 +95,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         pool = make_pool(database_url, max_size=20, name="wmq-api")
         app.state.coordinator = Coordinator(pool, settings)
         app.state.settings = settings
+        app.state.instances = e.InstanceCache()
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from service.api import schemas
 from service.api.schemas import ValidationError
 from service.core import Coordinator
+from service.core.coordinator import check_credentials
 from service.core.models import Instance, Job, MessageRequest
 from service.db import pending_migrations
 
@@ -46,13 +48,38 @@ def instance_id_from(request: Request) -> UUID:
         raise ValidationError("instance", "instance id must be a UUID", status=404) from None
 
 
-async def authenticated(request: Request) -> Instance:
+class InstanceCache:
+    """Instances by id for a few seconds, so the hot send path authenticates without a query.
+
+    Only the credentials are trusted from it: a removed instance is still refused (its enqueue
+    finds no queue: 404), and every other route reads the instance afresh."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self.entries: dict[UUID, tuple[float, Instance]] = {}
+
+    def get(self, instance_id: UUID) -> Instance | None:
+        entry = self.entries.get(instance_id)
+        if entry is None or entry[0] < time.monotonic():
+            self.entries.pop(instance_id, None)
+            return None
+        return entry[1]
+
+    def put(self, instance: Instance) -> None:
+        if len(self.entries) > 100_000:
+            self.entries.clear()
+        self.entries[instance.id] = (time.monotonic() + self.ttl, instance)
+
+
+async def authenticated(request: Request, *, cached: bool = False) -> Instance:
     """The instance named in the path, if its token (and Client-Token header) match."""
     instance_id = instance_id_from(request)
-    return await call(
-        core(request).authenticate, instance_id, request.path_params["token"],
-        request.headers.get("client-token"),
-    )
+    cache: InstanceCache = request.app.state.instances
+    instance = cache.get(instance_id) if cached else None
+    if instance is None:
+        instance = await call(core(request).get_instance, instance_id)
+        cache.put(instance)
+    return check_credentials(instance, request.path_params["token"], request.headers.get("client-token"))
 
 
 def require_admin(request: Request) -> None:
@@ -161,7 +188,7 @@ def send_route(parse: Callable[[dict[str, Any]], MessageRequest]) -> Callable[[R
     """An endpoint that validates with `parse` and enqueues (one commit, then the answer)."""
 
     async def endpoint(request: Request) -> Response:
-        instance = await authenticated(request)
+        instance = await authenticated(request, cached=True)
         message = parse(schemas.parse_json_object(await request.body()))
         enqueued = await call(core(request).enqueue_message, instance.id, message)
         return JSONResponse({

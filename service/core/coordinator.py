@@ -41,6 +41,15 @@ from service.settings import Settings, min_send_interval
 logger = logging.getLogger("wmq.core")
 
 
+def check_credentials(instance: Instance, token: str, client_token: str | None) -> Instance:
+    """`instance`, if `token` (and `client_token`, when the instance has one) match."""
+    if not secrets.compare_digest(instance.token, token):
+        raise InvalidToken("invalid token for this instance")
+    if instance.client_token and not secrets.compare_digest(instance.client_token, client_token or ""):
+        raise InvalidClientToken("missing or invalid Client-Token header")
+    return instance
+
+
 class Coordinator:
     def __init__(self, pool: ConnectionPool, settings: Settings) -> None:
         self.pool = pool
@@ -115,14 +124,7 @@ class Coordinator:
         self, instance_id: UUID, token: str, client_token: str | None = None
     ) -> Instance:
         """The instance, if `token` (and `client_token`, when the instance has one) match."""
-        instance = self.get_instance(instance_id)
-        if not secrets.compare_digest(instance.token, token):
-            raise InvalidToken("invalid token for this instance")
-        if instance.client_token and not secrets.compare_digest(
-            instance.client_token, client_token or ""
-        ):
-            raise InvalidClientToken("missing or invalid Client-Token header")
-        return instance
+        return check_credentials(self.get_instance(instance_id), token, client_token)
 
     def stop(self) -> None:
         self._started = False

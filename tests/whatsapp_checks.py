@@ -124,7 +124,7 @@ def session_events() -> None:
     from service.db import fetch_one, make_pool
     from service.settings import Settings
     from workers.transports.neonize.sessions import Session
-    from workers.transports.neonize.store import init_store
+    from workers.transports.neonize.store import device_exists, init_store
     from workers.transports.neonize.transport import NeonizeTransport
 
     database_url = os.environ["DATABASE_URL"]
@@ -143,15 +143,21 @@ def session_events() -> None:
         assert found is not None
         return found
 
-    session = Session(instance.id, init_store(database_url, "whatsmeow"), None, listener)
+    store = init_store(database_url, "whatsmeow")
+    # A stored JID whose device is not in the store (whatsmeow would panic on it): pair anew.
+    stale = Session(instance.id, store, "5511988887777:12@s.whatsapp.net", lambda *a: None,
+                    device_exists=lambda jid: device_exists(database_url, "whatsmeow", jid))
+    assert stale.jid is None and stale.client.new_device
+
+    session = Session(instance.id, store, None, listener)
     client = session.client
 
     push(client, QREv(Codes=["2@first-code", "2@second-code"]))
     assert (row()["connection_state"], row()["qr_code"]) == ("qr", "2@first-code")
-    phone_jid = JID(User="5511988887777", Server="s.whatsapp.net", RawAgent=0, Device=0, Integrator=0)
+    phone_jid = JID(User="5511988887777", Server="s.whatsapp.net", RawAgent=0, Device=12, Integrator=0)
     push(client, PairStatusEv(ID=phone_jid, BusinessName="", Platform="android", Status=PairStatusEv.SUCCESS))
     assert (row()["connection_state"], row()["whatsapp_jid"], row()["qr_code"]) == (
-        "paired", "5511988887777@s.whatsapp.net", None)
+        "paired", "5511988887777:12@s.whatsapp.net", None)
     push(client, ConnectedEv())
     assert row()["connection_state"] == "connected" and session.connected
     push(client, DisconnectedEv())

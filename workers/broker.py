@@ -8,6 +8,7 @@ TimeLimit), callbacks, pipelines and results (messages carry ids only).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from dramatiq.middleware import Middleware
@@ -32,17 +33,20 @@ class QueueBroker(PostgresBroker):
         super().__init__(**kwargs)
         self.prefetch_limits: dict[str, int] = {}
         self._consumers: dict[str, Any] = {}
+        self._prefetch_lock = threading.Lock()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Any:
-        consumer = super().consume(queue_name, self.prefetch_limits.get(queue_name, prefetch), timeout)
-        self._consumers[queue_name] = consumer
-        return consumer
+        with self._prefetch_lock:  # so a limit set meanwhile is never lost
+            consumer = super().consume(queue_name, self.prefetch_limits.get(queue_name, prefetch), timeout)
+            self._consumers[queue_name] = consumer
+            return consumer
 
     def set_prefetch(self, queue_name: str, prefetch: int) -> None:
-        self.prefetch_limits[queue_name] = prefetch
-        consumer = self._consumers.get(queue_name)
-        if consumer is not None:
-            consumer.prefetch = prefetch
+        with self._prefetch_lock:
+            self.prefetch_limits[queue_name] = prefetch
+            consumer = self._consumers.get(queue_name)
+            if consumer is not None:
+                consumer.prefetch = prefetch
 
     def stop_claiming(self) -> None:
         for queue_name in list(self._consumers):

@@ -369,6 +369,8 @@ async def phone_code(request: Request) -> Response:
     """An 8-character code to link the instance from the phone, instead of the QR code."""
     instance, _ = await _pairing_instance(request)
     phone = schemas.phone({"phone": request.path_params["phone"]})
+    if not phone.isdigit():
+        raise ValidationError("phone", "phone must be the instance's own number, digits with country code")
     result = await call(core(request).run_session_command, instance.id, "pair_phone", {"phone": phone})
     return JSONResponse({"code": result["code"]})
 

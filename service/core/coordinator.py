@@ -316,7 +316,10 @@ class Coordinator:
     def run_session_command(self, instance_id: UUID, command: str, args: dict[str, Any] | None = None
                             ) -> dict[str, Any]:
         """Ask the worker holding the instance's WhatsApp session to act, and wait for its answer."""
-        row = self._one(queries.INSERT_COMMAND, instance_id=instance_id, command=command, args=Jsonb(args or {}))
+        try:
+            row = self._one(queries.INSERT_COMMAND, instance_id=instance_id, command=command, args=Jsonb(args or {}))
+        except psycopg.errors.ForeignKeyViolation:  # removed meanwhile
+            raise InstanceNotFound("instance not found") from None
         assert row is not None
         deadline = time.monotonic() + self.settings.whatsapp_command_timeout
         while time.monotonic() < deadline:

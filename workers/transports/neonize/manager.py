@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from service.core import Coordinator
 from service.settings import Settings
-from workers.transports.neonize.store import init_store
+from workers.transports.neonize.store import device_exists, init_store
 
 if TYPE_CHECKING:
     from workers.transports.neonize.sessions import Session
@@ -62,20 +62,32 @@ class SessionManager(threading.Thread):
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                if self._own():
-                    self._sync()
-                    self._run_commands()
-            except Exception:
-                logger.exception("whatsapp session upkeep failed")
-                self._drop_lock()
-            self._stopping.wait(self.interval)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    owner = self._own()
+                except Exception:
+                    logger.exception("lost the whatsapp sessions lock")
+                    self._drop_lock(lost=True)
+                    owner = False
+                if owner:
+                    try:
+                        self._sync()
+                        self._run_commands()
+                    except Exception:  # a passing database error: keep the sessions, try again
+                        logger.exception("whatsapp session upkeep failed")
+                self._stopping.wait(self.interval)
+        finally:
+            self._drop_lock(lost=False)
 
     def _own(self) -> bool:
         if self._lock_conn is None or self._lock_conn.closed:
             self.owner = False
-            self._lock_conn = psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
+            # Keepalives: a lock connection lost to a network failure must be noticed, or two
+            # processes could end up holding the same sessions.
+            self._lock_conn = psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row,
+                                              keepalives=1, keepalives_idle=5, keepalives_interval=2,
+                                              keepalives_count=2, connect_timeout=10)
         if not self.owner:
             row = self._lock_conn.execute(OWNER_LOCK).fetchone()
             self.owner = bool(row and row["owner"])
@@ -86,16 +98,27 @@ class SessionManager(threading.Thread):
             self._lock_conn.execute("SELECT 1")  # notice a lost connection (and so a lost lock)
         return self.owner
 
-    def _drop_lock(self) -> None:
-        """Give the sessions up (a lost lock means another worker may take them over)."""
-        if self.owner:
+    def _drop_lock(self, *, lost: bool) -> None:
+        """Give the sessions up. After a lost lock another worker may hold them already, so
+        nothing more is recorded; on a clean stop their last state is."""
+        was_owner = self.owner
+        if lost:
+            self.owner = False
+        if was_owner:
             self.on_ownership(False)
-            for session in self.sessions.values():
-                session.stop()
-            self.sessions.clear()
+            sessions, self.sessions = list(self.sessions.values()), {}
+            stoppers = [threading.Thread(target=s.stop, daemon=True) for s in sessions]
+            for stopper in stoppers:
+                stopper.start()
+            for stopper in stoppers:
+                stopper.join(timeout=10)
+        self.owner = False
         if self._lock_conn is not None:
-            self._lock_conn.close()
-        self._lock_conn, self.owner = None, False
+            try:
+                self._lock_conn.close()
+            except Exception:
+                pass
+        self._lock_conn = None
 
     def _sync(self) -> None:
         """A session for every neonize instance; none for removed ones."""
@@ -109,13 +132,20 @@ class SessionManager(threading.Thread):
             if instance_id not in self.sessions:
                 session = Session(instance_id, self._store_url or "", jid, self._record,
                                   proxy=self.settings.whatsapp_proxy,
-                                  max_backoff=self.settings.whatsapp_reconnect_max_backoff)
+                                  max_backoff=self.settings.whatsapp_reconnect_max_backoff,
+                                  device_exists=self._device_exists)
                 self.sessions[instance_id] = session
                 session.start()
+                self._stopping.wait(0.1)  # staggered: neonize's Go registry is not thread-safe
         for instance_id in set(self.sessions) - set(rows):
             self.sessions.pop(instance_id).stop()
 
+    def _device_exists(self, jid: str) -> bool:
+        return device_exists(self.database_url, self.settings.whatsapp_store_schema, jid)
+
     def _record(self, instance_id: UUID, state: str, detail: str | None, extra: dict[str, Any]) -> None:
+        if not self.owner:  # a process that lost the sessions must not overwrite the holder's record
+            return
         self.coordinator.record_whatsapp_state(instance_id, state, detail, self.worker_id, **extra)
 
     def _run_commands(self) -> None:
@@ -144,6 +174,6 @@ class SessionManager(threading.Thread):
         raise ValueError(f"unknown command {command}")
 
     def stop(self) -> None:
+        """Stop the loop; it gives the sessions and the lock up on its way out."""
         self._stopping.set()
-        self.join(timeout=10)
-        self._drop_lock()
+        self.join(timeout=30)

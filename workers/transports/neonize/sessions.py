@@ -38,26 +38,41 @@ Listener = Callable[[UUID, str, str | None, dict[str, Any]], None]
 TERMINAL = ("logged_out", "replaced", "banned")
 
 
+#: Go calls that touch neonize's client registry (an unsynchronised Go map) go one at a time.
+REGISTRY_LOCK = threading.Lock()
+
+
 def jid_text(jid: JID) -> str:
-    return f"{jid.User}@{jid.Server}"
+    """`user:device@server` for a device (as whatsmeow stores it), `user@server` otherwise."""
+    device = f":{jid.Device}" if jid.Device else ""
+    return f"{jid.User}{device}@{jid.Server}"
 
 
 def parse_jid(text: str) -> JID:
+    """A chat address (`user@server`) or a device address (`user:device@server`)."""
     user, _, server = text.partition("@")
-    return build_jid(user.split(":")[0], server or "s.whatsapp.net")
+    user, _, device = user.partition(":")
+    jid = build_jid(user, server or "s.whatsapp.net")
+    if device.isdigit():
+        jid.Device = int(device)
+    return jid
 
 
 class Session:
     """One instance's WhatsApp connection and the state it is in."""
 
     def __init__(self, instance_id: UUID, store_url: str, jid: str | None, listener: Listener, *,
-                 proxy: str | None = None, max_backoff: float = 60.0) -> None:
+                 proxy: str | None = None, max_backoff: float = 60.0,
+                 device_exists: Callable[[str], bool] = lambda jid: True) -> None:
         self.instance_id = instance_id
         self.store_url = store_url
         self.jid = jid
         self.listener = listener
         self.proxy = proxy
         self.max_backoff = max_backoff
+        self.device_exists = device_exists
+        self.generation = 0
+        self._was_connected = False
         self.state = "disconnected"
         self.detail: str | None = None
         self._stopping = threading.Event()
@@ -68,8 +83,17 @@ class Session:
     # -- the client and its events ------------------------------------------------------------
 
     def _new_client(self) -> NewClient:
-        client = NewClient(self.store_url, jid=parse_jid(self.jid) if self.jid else None,
-                           uuid=str(self.instance_id), new_device=self.jid is None)
+        # whatsmeow panics (ending the process) on a JID whose device is not in the store: a
+        # stale or partial JID means pairing anew.
+        if self.jid and not self.device_exists(self.jid):
+            logger.warning("stored WhatsApp device not found; pairing anew",
+                           extra={"instance_id": str(self.instance_id), "jid": self.jid})
+            self.jid = None
+        # A fresh registry key per client: a replaced client's finalizer stops only itself.
+        self.generation += 1
+        with REGISTRY_LOCK:
+            client = NewClient(self.store_url, jid=parse_jid(self.jid) if self.jid else None,
+                               uuid=f"{self.instance_id}/{self.generation}", new_device=self.jid is None)
         event = client.event
         event.qr(self._on_qr_code)
         event(QREv)(self._on_qr)
@@ -83,6 +107,8 @@ class Session:
 
     def _set(self, state: str, detail: str | None = None, **extra: Any) -> None:
         self.state, self.detail = state, detail
+        if state == "connected":
+            self._was_connected = True
         logger.info("whatsapp session state", extra={"instance_id": str(self.instance_id), "state": state,
                                                        "detail": detail})
         try:
@@ -105,6 +131,9 @@ class Session:
             self._set("pair_failed", event.Error or "pairing failed")
 
     def _on_connected(self, client: NewClient, event: ConnectedEv) -> None:
+        if self._stopping.is_set() or client is not self.client:
+            _stop_client(client)  # a client that should be gone must not hold the session
+            return
         self._set("connected")
 
     def _on_disconnected(self, client: NewClient, event: DisconnectedEv) -> None:
@@ -136,10 +165,15 @@ class Session:
                 self._set("connecting")
                 try:
                     self.client.connect(self._proxy_settings())
+                    # connect() returns when the client was stopped: it is not connected now.
+                    if self.state not in TERMINAL:
+                        self._set("disconnected", "connection closed")
                 except Exception as error:
                     self._set("disconnected", str(map_error(error)))
                 if self._stopping.is_set():
                     break
+                if self._was_connected:
+                    backoff, self._was_connected = 1.0, False
                 self._wake.wait(backoff)
                 self._wake.clear()
                 backoff = min(backoff * 2, self.max_backoff)
@@ -168,16 +202,17 @@ class Session:
         """Stop the session; a client stuck in a connect is left to die with the process."""
         self._stopping.set()
         self._wake.set()
-        stopper = threading.Thread(target=self.client.stop, daemon=True)
+        stopper = threading.Thread(target=_stop_client, args=(self.client,), daemon=True)
         stopper.start()
         stopper.join(timeout)
-        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
 
     def restart(self) -> None:
         """Drop the connection and connect again (a new pairing if the session was logged out)."""
         old = self.client
         self.client = self._new_client()
-        threading.Thread(target=old.stop, daemon=True).start()
+        threading.Thread(target=_stop_client, args=(old,), daemon=True).start()
         self.state = "disconnected"
         self._wake.set()
 
@@ -186,8 +221,13 @@ class Session:
         self.client.logout()
         self.jid = None
         self._set("logged_out", "logged out on request; pair again", jid=None)
-        threading.Thread(target=self.client.stop, daemon=True).start()
+        threading.Thread(target=_stop_client, args=(self.client,), daemon=True).start()
 
     def pair_phone(self, phone: str) -> str:
         """An 8-character code to type in WhatsApp (Linked devices → Link with phone number)."""
         return str(self.client.PairPhone(phone, True))
+
+
+def _stop_client(client: NewClient) -> None:
+    with REGISTRY_LOCK:
+        client.stop()

@@ -46,3 +46,11 @@ def init_store(database_url: str, schema: str) -> str:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
     return url
+
+
+def device_exists(database_url: str, schema: str, jid: str) -> bool:
+    """Whether the store holds this device (`user:device@server`): whatsmeow panics on one it
+    does not."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(f'SELECT 1 FROM "{schema}".whatsmeow_device WHERE jid = %s', (jid,)).fetchone()
+    return row is not None

@@ -66,6 +66,8 @@ class NeonizeTransport:
         try:
             return future.result(timeout=self.timeout)
         except CallTimeout:
+            if future.cancel():  # it never started (hung calls hold every helper): nothing was sent
+                raise RetryableSendError(f"no free connection to WhatsApp within {self.timeout:g}s") from None
             raise on_timeout(f"WhatsApp did not answer within {self.timeout:g}s") from None
         except TransportError:
             raise

@@ -158,6 +158,3 @@ MESSAGE_EVENTS = """
       FROM message_events WHERE zaap_id = %(zaap_id)s ORDER BY id
 """
 
-READY = """
-    SELECT count(*) AS migrations FROM schema_migrations
-"""

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import dramatiq
@@ -18,6 +17,7 @@ import dramatiq
 from service.core import Coordinator
 from service.core.models import DELIVER_ACTOR, PRESENCE_ACTOR, Job
 from service.settings import Settings
+from workers.bookkeeping import persist
 from workers.ordering import current_job
 from workers.transports import (
     InstanceDisconnected,
@@ -29,27 +29,10 @@ from workers.transports import (
 )
 
 logger = logging.getLogger("wmq.deliver")
-T = TypeVar("T")
 
 #: How long the record of a failure or a snooze is retried in-process on database errors. Past
 #: that the broker message is acked, and the rescuer finds the message with no broker message.
 RECORD_RETRY_SECONDS = 120.0
-
-
-def persist(what: str, action: Callable[[], T], ctx: dict[str, Any], deadline: float | None) -> T | None:
-    """Run a bookkeeping transaction, retrying database errors with backoff until it succeeds
-    or `deadline` (monotonic; None: for as long as the process lives) passes."""
-    delay = 0.1
-    while True:
-        try:
-            return action()
-        except Exception:
-            if deadline is not None and time.monotonic() > deadline:
-                logger.exception(f"could not record {what}; left to the rescuer", extra=ctx)
-                return None
-            logger.warning(f"recording {what} failed; retrying", extra=ctx, exc_info=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def presence_for(message_type: str) -> Presence:

@@ -17,6 +17,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from service.core import Coordinator
 from service.core.models import DELIVER_ACTOR, Job
+from workers.bookkeeping import persist
 
 logger = logging.getLogger("wmq.ordering")
 
@@ -48,25 +49,12 @@ class OrderingMiddleware(Middleware):
             return  # a presence carries no message: nothing to claim
         zaap_id = message.args[0]
         worker_id = UUID(broker.worker_id)  # type: ignore[attr-defined]
-        job = self._claim(zaap_id, UUID(message.message_id), worker_id)
+        job = persist("the claim", lambda: self.coordinator.claim(zaap_id, UUID(message.message_id), worker_id),
+                      {"zaap_id": zaap_id}, time.monotonic() + CLAIM_RETRY_SECONDS)
         if job is None:
             logger.debug("stale dispatch skipped", extra={"zaap_id": zaap_id})
             raise StaleDispatch()
         _current.job = job
-
-    def _claim(self, zaap_id: str, dispatch_id: UUID, worker_id: UUID) -> Job | None:
-        deadline = time.monotonic() + CLAIM_RETRY_SECONDS
-        delay = 0.1
-        while True:
-            try:
-                return self.coordinator.claim(zaap_id, dispatch_id, worker_id)
-            except Exception:
-                if time.monotonic() > deadline:
-                    logger.exception("claim failed; skipping", extra={"zaap_id": zaap_id})
-                    return None
-                logger.warning("claim failed; retrying", extra={"zaap_id": zaap_id}, exc_info=True)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message,
                               *, result: object = None, exception: BaseException | None = None) -> None:

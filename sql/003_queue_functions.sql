@@ -471,9 +471,6 @@ CREATE FUNCTION wmq_set_connection(
     p_instance uuid, p_state text, p_detail text, p_queue text, p_actor text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-    h record;
-    q record;
 BEGIN
     IF NOT wmq_lock_instance(p_instance) THEN
         RETURN false;
@@ -481,20 +478,14 @@ BEGIN
     UPDATE instances
        SET connection_state = p_state, connection_detail = p_detail,
            connection_changed_at = now(), updated_at = now()
-     WHERE id = p_instance
-    RETURNING paused INTO q;
-    IF p_state <> 'connected' OR q.paused THEN
-        RETURN true;
-    END IF;
-    SELECT m.zaap_id, m.not_before, m.delay_message_ms, m.jitter_ms INTO h
-      FROM messages m
-     WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status)
-     ORDER BY m.sequence LIMIT 1;
-    IF FOUND AND (SELECT status FROM messages WHERE zaap_id = h.zaap_id) = 'scheduled' THEN
-        PERFORM wmq_dispatch(
-            h.zaap_id, 1::smallint,
-            wmq_paced_at(p_instance, h.not_before, h.delay_message_ms, h.jitter_ms),
-            p_queue, p_actor);
+     WHERE id = p_instance;
+    -- A `scheduled` head may sit out a snooze: dispatch it anew (paced, unless paused). A
+    -- `retryable` one keeps its backoff.
+    IF p_state = 'connected' AND (
+           SELECT m.status FROM messages m
+            WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status)
+            ORDER BY m.sequence LIMIT 1) = 'scheduled' THEN
+        PERFORM wmq_dispatch_head(p_instance, p_queue, p_actor, true);
     END IF;
     RETURN true;
 END

@@ -66,7 +66,8 @@ class Coordinator:
 
     @property
     def _route(self) -> dict[str, str]:
-        """Where dispatches go: the broker queue and actors (ownership routing comes with §4)."""
+        """Where dispatches go: the base broker queue (SQL `wmq_queue_for` adds the sessions
+        suffix for real-WhatsApp instances) and the actors."""
         return {
             "queue": self.settings.message_queue_name,
             "actor": DELIVER_ACTOR,

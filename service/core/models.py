@@ -12,12 +12,7 @@ from uuid import UUID
 DELIVER_ACTOR = "deliver"
 PRESENCE_ACTOR = "presence"
 
-MESSAGE_TYPES = (
-    "text", "image", "audio", "video", "document", "location", "contact",
-    "button-list", "option-list",
-)
-
-FINISHED_STATUSES = ("completed", "cancelled", "discarded")
+#: The statuses users see for a message still in its queue (`available` is derived).
 PENDING_STATUSES = ("scheduled", "available", "retryable", "running", "typing", "sending")
 
 

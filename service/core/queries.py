@@ -4,6 +4,8 @@ The state machine itself lives in `sql/003_queue_functions.sql`; these statement
 read the tables. Parameters are named (`%(name)s`).
 """
 
+from service.core.models import PENDING_STATUSES
+
 # The status shown to users: `available` is derived (dispatched, due, waiting for a thread).
 JOB_COLUMNS = """
     m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
@@ -137,8 +139,7 @@ GET_JOB = f"""
 _JOBS_OF_INSTANCE = f"""
     SELECT * FROM (SELECT {JOB_COLUMNS} FROM messages m WHERE m.instance_id = %(instance_id)s) j
      WHERE %(status)s::text IS NULL OR j.status = %(status)s
-        OR (%(status)s = 'pending' AND j.status IN ('available', 'scheduled', 'retryable', 'running',
-                                                   'typing', 'sending'))
+        OR (%(status)s = 'pending' AND j.status IN ({", ".join(f"'{s}'" for s in PENDING_STATUSES)}))
 """
 
 LIST_JOBS = f"""

@@ -317,7 +317,7 @@ async def instance_status(request: Request) -> Response:
     """Z-API's status: is the instance connected, and if not, why."""
     instance = await authenticated(request)
     if instance.transport == "simulator":
-        connected = bool((await call(core(request).simulator_configure, instance.id))["connected"])
+        connected = await call(core(request).simulator_connected, instance.id)
         state, detail = ("connected", None) if connected else ("disconnected", "simulator switched off")
     else:
         status = await call(core(request).instance_status, instance.id)
@@ -338,22 +338,26 @@ async def _pairing_instance(request: Request) -> tuple[Instance, dict[str, Any]]
     return instance, await call(core(request).instance_status, instance.id)
 
 
-async def qr_code(request: Request) -> Response:
-    """The current pairing QR code as text and as a PNG data URI (it changes every ~20 s)."""
+async def _current_qr(request: Request) -> dict[str, Any]:
+    """The pairing instance's status, if it has a QR code to show (409 saying why not)."""
     _, status = await _pairing_instance(request)
     if status["connection_state"] == "connected":
         raise ValidationError("instance", "the instance is already connected", status=409)
     if not status["qr_code"]:
         raise ValidationError("instance", "no QR code yet: the worker is connecting, try again shortly", status=409)
+    return status
+
+
+async def qr_code(request: Request) -> Response:
+    """The current pairing QR code as text and as a PNG data URI (it changes every ~20 s)."""
+    status = await _current_qr(request)
     png = qr_png(status["qr_code"])
     return JSONResponse({"value": status["qr_code"], "updatedAt": iso(status["qr_updated_at"]),
                          "image": "data:image/png;base64," + base64.b64encode(png).decode()})
 
 
 async def qr_code_image(request: Request) -> Response:
-    _, status = await _pairing_instance(request)
-    if not status["qr_code"] or status["connection_state"] == "connected":
-        raise ValidationError("instance", "no QR code to show", status=409)
+    status = await _current_qr(request)
     return Response(qr_png(status["qr_code"]), media_type="image/png")
 
 

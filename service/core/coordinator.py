@@ -377,6 +377,11 @@ class Coordinator:
                                       "simulator switch")
         return state
 
+    def simulator_connected(self, instance_id: UUID) -> bool:
+        from workers.transports import simulator
+
+        return bool(simulator.state(self.pool, instance_id)["connected"])
+
     def simulator_events(self, instance_id: UUID) -> list[dict[str, Any]]:
         from workers.transports import simulator
 

@@ -77,15 +77,12 @@ class SimulatorTransport:
         self.pool = pool
         self.timeout = timeout
 
-    def _state(self, sql: str, instance_id: UUID) -> dict[str, Any]:
-        return fetch_one(self.pool, sql, {"id": instance_id}) or _DEFAULT_STATE
-
     def _record(self, **event: Any) -> None:
         with self.pool.connection() as conn:
             conn.execute(RECORD, event)
 
     def is_connected(self, instance_id: UUID) -> bool:
-        return bool(self._state(STATE, instance_id)["connected"])
+        return bool(state(self.pool, instance_id)["connected"])
 
     def send_presence(self, instance_id: UUID, phone: str, presence: Presence) -> None:
         if not self.is_connected(instance_id):
@@ -97,18 +94,18 @@ class SimulatorTransport:
         )
 
     def send(self, message: OutgoingMessage) -> str:
-        state = self._state(TAKE_FAILURE, message.instance_id)
+        knobs = fetch_one(self.pool, TAKE_FAILURE, {"id": message.instance_id}) or _DEFAULT_STATE
         started_at = _now()
-        if not state["connected"]:
+        if not knobs["connected"]:
             raise InstanceDisconnected("simulated instance is disconnected")
-        latency = state["latency_ms"] / 1000
+        latency = knobs["latency_ms"] / 1000
         if latency > self.timeout:
             time.sleep(self.timeout)
             raise RetryableSendError(f"simulated send timed out after {self.timeout:g}s")
         time.sleep(latency)
-        if state["fail"] and state["fail_mode"] == "permanent":
+        if knobs["fail"] and knobs["fail_mode"] == "permanent":
             raise PermanentSendError("simulated permanent failure: the number is not on WhatsApp")
-        if state["fail"]:
+        if knobs["fail"]:
             raise RetryableSendError("simulated send failure")
         whatsapp_id = "SIM" + uuid4().hex[:20].upper()
         self._record(
@@ -140,6 +137,11 @@ def configure(
     row = fetch_one(pool, CONFIGURE, params)
     assert row is not None
     return row
+
+
+def state(pool: ConnectionPool, instance_id: UUID) -> dict[str, Any]:
+    """The simulated instance's connection and latency (connected until told otherwise)."""
+    return fetch_one(pool, STATE, {"id": instance_id}) or _DEFAULT_STATE
 
 
 def events(pool: ConnectionPool, instance_id: UUID) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -28,12 +29,23 @@ def make_pool(url: str, *, max_size: int, name: str = "wmq") -> ConnectionPool:
         min_size=1,
         max_size=max_size,
         kwargs={"application_name": name, "autocommit": True},
-        check=ConnectionPool.check_connection,
+        check=_alive,
         reset=_autocommit,
         open=False,
     )
     pool.open(wait=True, timeout=30)
     return pool
+
+
+def _alive(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before lending a connection: read what the server sent, without a round
+    trip (the broker checks its connections the same way). A connection the server closed, as a
+    restart or `pg_terminate_backend` does, raises here and is replaced. `check_connection` would
+    cost one round trip per borrow: a sixth of the worker's time under load (py-spy)."""
+    for _ in range(2):  # the first read may take the server's goodbye, the second its EOF
+        conn.pgconn.consume_input()
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection lost")
 
 
 def _autocommit(conn: psycopg.Connection[Any]) -> None:

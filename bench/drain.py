@@ -19,9 +19,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from harness import ROOT, Stack, database, print_table, wait_until, workdir
+from harness import ROOT, Stack, cpu_seconds, database, postgres_cpu_seconds, print_table, wait_until, workdir
 
 ENQUEUE_MANY = """
     SELECT wmq_enqueue(md5(random()::text || clock_timestamp()::text), %(instance)s, 'text', '5511999999999',
@@ -40,14 +40,26 @@ def queue_backlog(stack: Stack, instances: int, per_instance: int) -> list[str]:
     return ids
 
 
-def drain(stack: Stack, total: int, timeout: float) -> float:
+class Drained(NamedTuple):
+    rate: float  # messages/s
+    worker_cpu_ms: float  # per message
+    postgres_cpu_ms: float  # per message
+
+
+def drain(stack: Stack, total: int, timeout: float) -> Drained:
     """Start a worker and wait for every message to complete; messages/s from the first claim to
-    the last send (the worker's start-up excluded)."""
-    stack.start_worker()
+    the last send (the worker's start-up excluded), and CPU per message of the worker process and
+    of PostgreSQL."""
+    postgres_before = postgres_cpu_seconds(stack.database_url)
+    worker = stack.start_worker()
+    worker_before = cpu_seconds(worker.pid)
     wait_until(lambda: stack.one("SELECT count(*) AS n FROM messages WHERE status = 'completed'")["n"] == total,
                timeout, f"{total} messages to complete", interval=0.5)
+    worker_cpu = cpu_seconds(worker.pid) - worker_before
+    postgres_cpu = postgres_cpu_seconds(stack.database_url) - postgres_before
     span = stack.one("SELECT min(started_at) AS first, max(sent_at) AS last FROM messages")
-    return total / (span["last"] - span["first"]).total_seconds()
+    return Drained(total / (span["last"] - span["first"]).total_seconds(), 1000 * worker_cpu / total,
+                   1000 * postgres_cpu / total)
 
 
 def check_order(stack: Stack, instance_ids: list[str]) -> bool:
@@ -58,26 +70,36 @@ def check_order(stack: Stack, instance_ids: list[str]) -> bool:
     return len(rows) == len(instance_ids) and all(r["sent"] == sorted(r["sent"]) for r in rows)
 
 
-def ours(work: Path, instances: int, per_instance: int, env: dict[str, Any]) -> tuple[float, bool]:
+def ours(work: Path, instances: int, per_instance: int, env: dict[str, Any]) -> tuple[Drained, bool]:
     with database(work / f"db-{time.monotonic_ns()}") as url:
         stack = Stack(url, work / f"stack-{time.monotonic_ns()}", {"MESSAGE_QUEUE_WORKER_THREADS": 8,
                                                                     "LOG_LEVEL": "WARNING", **env})
         stack.start_api()
         try:
             ids = queue_backlog(stack, instances, per_instance)
-            rate = drain(stack, instances * per_instance, timeout=3600)
-            return rate, check_order(stack, ids)
+            drained = drain(stack, instances * per_instance, timeout=3600)
+            return drained, check_order(stack, ids)
         finally:
             stack.stop()
 
 
-def broker_ceiling(work: Path, total: int) -> float:
+def broker_ceiling(work: Path, total: int) -> Drained:
     with database(work / f"db-{time.monotonic_ns()}") as url:
         result = subprocess.run([sys.executable, str(ROOT / "bench" / "noop_worker.py"), url, str(total)],
                                 capture_output=True, text=True, timeout=3600)
         if result.returncode != 0:
             raise RuntimeError(result.stderr)
-        return float(result.stdout.strip().splitlines()[-1])
+        return Drained(*map(float, result.stdout.strip().splitlines()[-1].split()))
+
+
+def row(system: str, drained: Drained, order: str, ceiling: Drained) -> dict[str, Any]:
+    cpu = drained.worker_cpu_ms + drained.postgres_cpu_ms
+    return {
+        "system": system, "messages/s": drained.rate, "per-instance order": order,
+        "vs ceiling": f"{drained.rate / ceiling.rate:.0%}", "worker CPU ms/msg": drained.worker_cpu_ms,
+        "PostgreSQL CPU ms/msg": drained.postgres_cpu_ms,
+        "CPU vs ceiling": f"{cpu / (ceiling.worker_cpu_ms + ceiling.postgres_cpu_ms):.1f}×",
+    }
 
 
 def main() -> None:
@@ -88,18 +110,18 @@ def main() -> None:
     args = parser.parse_args()
     total = args.instances * args.per_instance
     with workdir() as work:
-        rate, ordered = ours(work, args.instances, args.per_instance, {})
+        drained, ordered = ours(work, args.instances, args.per_instance, {})
         ceiling = broker_ceiling(work, total)
         print_table(f"Dispatch: {args.instances} instances × {args.per_instance} messages, 1 worker × 8 threads", [
-            {"system": "wmq: claim, send on the simulator, complete, dispatch the next head", "messages/s": rate,
-             "per-instance order": "kept" if ordered else "BROKEN", "vs ceiling": f"{rate / ceiling:.0%}"},
-            {"system": "dramatiq-postgres no-op actor (broker ceiling)", "messages/s": ceiling,
-             "per-instance order": "n/a", "vs ceiling": "100%"},
+            row("wmq: claim, send on the simulator, complete, dispatch the next head", drained,
+                "kept" if ordered else "BROKEN", ceiling),
+            row("dramatiq-postgres no-op actor (broker ceiling)", ceiling, "n/a", ceiling),
         ])
         hot = []
         for poll in ("100ms", "1s"):
-            hot_rate, hot_ordered = ours(work, 1, args.hot, {"MESSAGE_QUEUE_POLL_INTERVAL": poll})
-            hot.append({"poll interval": poll, "messages/s": hot_rate, "order": "kept" if hot_ordered else "BROKEN"})
+            drained, ordered = ours(work, 1, args.hot, {"MESSAGE_QUEUE_POLL_INTERVAL": poll})
+            hot.append({"poll interval": poll, "messages/s": drained.rate, "order": "kept" if ordered else "BROKEN",
+                        "worker CPU ms/msg": drained.worker_cpu_ms, "PostgreSQL CPU ms/msg": drained.postgres_cpu_ms})
         print_table(f"One hot instance: backlog of {args.hot}", hot)
 
 

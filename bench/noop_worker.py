@@ -1,9 +1,11 @@
 """The broker's ceiling: a Dramatiq worker (8 threads) on dramatiq-postgres draining `total`
-no-op messages, inserted beforehand. Prints messages/s on its last line."""
+no-op messages, inserted beforehand. Prints on its last line: messages/s, then this process's
+and PostgreSQL's CPU milliseconds per message."""
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 import uuid
@@ -11,6 +13,7 @@ import uuid
 import dramatiq
 import psycopg
 from dramatiq_postgres import PostgresBroker
+from harness import postgres_cpu_seconds
 from psycopg_pool import ConnectionPool
 
 
@@ -32,16 +35,25 @@ def main() -> None:
     dramatiq.actor(lambda: None, actor_name="noop", queue_name="noop", broker=broker)
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
     worker.queue_prefetch = 8
+    postgres_before = postgres_cpu_seconds(url)
+    own_before = _own_cpu_seconds()
     started = time.perf_counter()
     worker.start()
     with psycopg.connect(url) as conn:
         while conn.execute("SELECT count(*) FROM dramatiq.queue").fetchone()[0]:
             time.sleep(0.05)
     elapsed = time.perf_counter() - started
+    own_cpu = _own_cpu_seconds() - own_before
+    postgres_cpu = postgres_cpu_seconds(url) - postgres_before
     worker.stop()
     broker.close()
     pool.close()
-    print(total / elapsed)
+    print(total / elapsed, 1000 * own_cpu / total, 1000 * postgres_cpu / total)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

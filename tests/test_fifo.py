@@ -64,7 +64,7 @@ def test_two_worker_processes_never_overlap_an_instance(make_stack: Any) -> None
             assert later["started_at"] >= earlier["ended_at"], f"overlapping sends on {instance_id}"
         workers_used |= {
             r["worker_id"] for r in stack.all(
-                "SELECT DISTINCT worker_id FROM message_events WHERE instance_id = %s AND to_status = 'running'",
+                "SELECT DISTINCT worker_id FROM message_events WHERE instance_id = %s AND to_status = 'sending'",
                 (instance_id,),
             )
         }

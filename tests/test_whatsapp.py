@@ -175,7 +175,7 @@ def test_one_worker_holds_the_sessions_and_another_takes_over_when_it_dies(make_
     first = wait_until(holder, 60, "a worker to take the session")
     waiting = stack.send_text(real, "routed to the holder")["zaapId"]
     wait_until(lambda: any("disconnected" in (e["detail"] or "") for e in stack.history(waiting)), 60, "a snooze")
-    claimers = {str(e["worker_id"]) for e in stack.history(waiting) if e["to_status"] == "running"}
+    claimers = {str(e["worker_id"]) for e in stack.history(waiting) if e["to_status"] == "sending"}
     assert claimers == {first}, "only the worker holding the session may claim its messages"
     assert stack.one("SELECT queue_name FROM dramatiq.queue q JOIN messages m ON m.dispatch_id = q.message_id"
                      " WHERE m.zaap_id = %s", (waiting,))["queue_name"] == "whatsapp-sessions"

@@ -72,13 +72,10 @@ class Deliverer:
         # send, before anything reaches WhatsApp, and the head is snoozed either way.
         try:
             typing = job.delay_typing_ms > 0
-            if typing and job.phase == 1:
+            if job.status == "running":  # claimed for the typing phase (the claim decides)
                 self.transport.send_presence(job.instance_id, job.phone, presence_for(job.message_type))
                 if self.coordinator.start_typing(job.zaap_id, self.worker_id):
                     logger.info("typing", extra={**ctx, "delay_typing_ms": job.delay_typing_ms})
-                return
-            if not self.coordinator.mark_sending(job.zaap_id, self.worker_id):
-                logger.warning("message no longer ours before send", extra=ctx)
                 return
             whatsapp_id = self.transport.send(OutgoingMessage(
                 zaap_id=job.zaap_id, instance_id=job.instance_id, phone=job.phone,

@@ -247,7 +247,8 @@ class Coordinator:
     # -- the worker's transitions (§3.3–3.6) ----------------------------------------------------
 
     def claim(self, zaap_id: str, dispatch_id: UUID, worker_id: UUID) -> Job | None:
-        """R3: the message, now `running` for this worker; None if the dispatch is stale."""
+        """R3: the message, now this worker's: `sending` (its attempt counted) when this dispatch
+        goes straight to the send, `running` for a typing phase 1; None if the dispatch is stale."""
         row = self._one(queries.CLAIM, zaap_id=zaap_id, dispatch_id=dispatch_id, worker_id=worker_id)
         if row is None:
             return None
@@ -256,10 +257,6 @@ class Coordinator:
 
     def start_typing(self, zaap_id: str, worker_id: UUID) -> bool:
         row = self._one(queries.START_TYPING, zaap_id=zaap_id, worker_id=worker_id, **self._route)
-        return bool(row and row["ok"])
-
-    def mark_sending(self, zaap_id: str, worker_id: UUID) -> bool:
-        row = self._one(queries.MARK_SENDING, zaap_id=zaap_id, worker_id=worker_id)
         return bool(row and row["ok"])
 
     def complete(self, zaap_id: str, worker_id: UUID, whatsapp_id: str) -> bool:

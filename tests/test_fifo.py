@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 
 
 def post_load(stack: Stack, created: list[dict[str, Any]], per_instance: int) -> dict[str, list[str]]:
@@ -44,6 +44,8 @@ def test_each_instance_sends_in_acceptance_order(stack: Stack) -> None:
     assert len(set(all_ids)) == 1000
     stack.wait_completed(all_ids, timeout=240)
     assert_sent_in_acceptance_order(stack, accepted)
+    # Every broker message was acked (workers/broker.py: QueueConsumer.ack), none left behind.
+    wait_until(lambda: stack.one("SELECT count(*) AS n FROM dramatiq.queue")["n"] == 0, 30, "every ack")
 
 
 def test_two_worker_processes_never_overlap_an_instance(make_stack: Any) -> None:

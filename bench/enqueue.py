@@ -1,9 +1,11 @@
 """Enqueue throughput over HTTP against the database's own ceiling for the same transaction.
 
-    .venv/bin/python bench/enqueue.py [--seconds 10] [--clients 16] [--instances 100]
+    .venv/bin/python bench/enqueue.py [--seconds 10] [--clients 16] [--instances 100] [--generator wrk]
 
 - HTTP: `clients` concurrent keep-alive clients posting send-text (one commit each, answer after
-  commit) to 1 API process, then to 2 API processes (clients split between them).
+  commit) to 1 API process, then to 2 API processes (clients split between them). The load comes
+  from `wrk` (a C client: `apt-get install wrk`) when it is installed, else from Python threads
+  with httpx, which take a share of the same CPUs; the table says which.
 - Ceiling: pgbench running exactly our enqueue statement (`SELECT wmq_enqueue(…)`) with the
   same number of clients, on the same database: what PostgreSQL alone can do.
 No worker runs: this measures accepting, not sending.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -63,6 +66,36 @@ def http_load(bases: list[str], instances: list[dict[str, Any]], clients: int, s
     return sum(done) / (time.perf_counter() - started)
 
 
+WRK_SCRIPT = """\
+local paths = {{{paths}}}
+local body = '{{"phone": "5511999999999", "message": "bench"}}'
+local headers = {{["Content-Type"] = "application/json"}}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", paths[n % #paths + 1], headers, body)
+end
+"""
+
+
+def wrk_load(bases: list[str], instances: list[dict[str, Any]], clients: int, seconds: float, work: Path) -> float:
+    """Requests/s of `clients` wrk connections, split over the API processes (one wrk each, at
+    once); any answer but 200 fails the run."""
+    script = work / "send_text.lua"
+    script.write_text(WRK_SCRIPT.format(paths=", ".join(
+        f'"/instances/{i["id"]}/token/{i["token"]}/send-text"' for i in instances)))
+    runs = [subprocess.Popen(["wrk", "-t1", f"-c{max(1, clients // len(bases))}", f"-d{seconds:g}s", "-s", str(script),
+                              base], stdout=subprocess.PIPE, text=True) for base in bases]
+    total = 0.0
+    for run in runs:
+        out, _ = run.communicate(timeout=seconds + 60)
+        match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if run.returncode != 0 or not match or "Non-2xx" in out or "Socket errors" in out:
+            raise RuntimeError(out)
+        total += float(match.group(1))
+    return total
+
+
 def pgbench(url: str, work: Path, instances: int, clients: int, seconds: float) -> float:
     script = work / "enqueue.sql"
     script.write_text(PGBENCH_SCRIPT.format(instances=instances))
@@ -84,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--instances", type=int, default=100)
+    parser.add_argument("--generator", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     args = parser.parse_args()
     with workdir() as work, database(work / "db") as url:
         first = Stack(url, work / "api1", {"LOG_LEVEL": "WARNING"})
@@ -94,17 +128,21 @@ def main() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE TABLE bench_instances AS"
                              " SELECT row_number() OVER (ORDER BY created_at) AS n, id FROM instances")
-            one = http_load([str(first.http.base_url)], instances, args.clients, args.seconds)
+            def load(bases: list[str]) -> float:
+                if args.generator == "wrk":
+                    return wrk_load(bases, instances, args.clients, args.seconds, work)
+                return http_load(bases, instances, args.clients, args.seconds)
+
+            one = load([str(first.http.base_url)])
             second.start_api()
-            two = http_load([str(first.http.base_url), str(second.http.base_url)], instances, args.clients,
-                            args.seconds)
+            two = load([str(first.http.base_url), str(second.http.base_url)])
             ceiling = pgbench(url, work, args.instances, args.clients, args.seconds)
         finally:
             second.stop()
             first.stop()
     rows = [
-        {"path": "HTTP, 1 API process", "enqueues/s": one, "vs ceiling": f"{one / ceiling:.0%}"},
-        {"path": "HTTP, 2 API processes", "enqueues/s": two, "vs ceiling": f"{two / ceiling:.0%}"},
+        {"path": f"HTTP ({args.generator}), 1 API process", "enqueues/s": one, "vs ceiling": f"{one / ceiling:.0%}"},
+        {"path": f"HTTP ({args.generator}), 2 API processes", "enqueues/s": two, "vs ceiling": f"{two / ceiling:.0%}"},
         {"path": "pgbench, the same wmq_enqueue statement (ceiling)", "enqueues/s": ceiling, "vs ceiling": "100%"},
     ]
     print_table(f"Enqueue: {args.clients} clients, {args.instances} instances, {args.seconds:g} s each", rows)

@@ -29,28 +29,27 @@ def make_pool(url: str, *, max_size: int, name: str = "wmq") -> ConnectionPool:
         min_size=1,
         max_size=max_size,
         kwargs={"application_name": name, "autocommit": True},
-        check=_alive,
-        reset=_autocommit,
+        check=_ready,
         open=False,
     )
     pool.open(wait=True, timeout=30)
     return pool
 
 
-def _alive(conn: psycopg.Connection[Any]) -> None:
-    """The pool's check before lending a connection: read what the server sent, without a round
-    trip (the broker checks its connections the same way). A connection the server closed, as a
-    restart or `pg_terminate_backend` does, raises here and is replaced. `check_connection` would
-    cost one round trip per borrow: a sixth of the worker's time under load (py-spy)."""
+def _ready(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before lending a connection, inline and without a round trip.
+
+    It reads what the server sent, as the broker checks its own connections: a connection the
+    server closed (a restart, `pg_terminate_backend`) raises here and is replaced. It also puts
+    the connection back in autocommit, which the broker's LISTEN helper turns off. (The pool's
+    `check_connection` costs a round trip per borrow, a sixth of the worker's time under load;
+    a `reset` callback hands every returned connection to the pool's thread.)"""
     for _ in range(2):  # the first read may take the server's goodbye, the second its EOF
         conn.pgconn.consume_input()
     if conn.pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError("connection lost")
-
-
-def _autocommit(conn: psycopg.Connection[Any]) -> None:
-    """Back to autocommit when returned to the pool (the broker's LISTEN helper turns it off)."""
-    conn.autocommit = True
+    if not conn.autocommit:
+        conn.autocommit = True
 
 
 def fetch_one(pool: ConnectionPool, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ test: install-test
 	$(BIN)/pytest
 
 bench: install-test
-	cd bench && ../$(BIN)/python drain.py && ../$(BIN)/python enqueue.py && ../$(BIN)/python lateness.py && ../$(BIN)/python idle.py
+	cd bench && for script in drain enqueue lateness idle growth broker_choice; do ../$(BIN)/python $$script.py || exit 1; done
 
 lint: install-test
 	$(BIN)/ruff check service workers tests scripts bench

@@ -46,18 +46,20 @@ class Drained(NamedTuple):
     postgres_cpu_ms: float  # per message
 
 
-def drain(stack: Stack, total: int, timeout: float) -> Drained:
-    """Start a worker and wait for every message to complete; messages/s from the first claim to
-    the last send (the worker's start-up excluded), and CPU per message of the worker process and
-    of PostgreSQL."""
+def drain(stack: Stack, total: int, timeout: float, instance: str | None = None) -> Drained:
+    """Start a worker and wait for `total` messages (of `instance`, if given) to complete;
+    messages/s from the first claim to the last send (the worker's start-up excluded), and CPU
+    per message of the worker process and of PostgreSQL."""
+    where = "status = 'completed'" + (" AND instance_id = %(instance)s" if instance else "")
+    params = {"instance": instance}
     postgres_before = postgres_cpu_seconds(stack.database_url)
     worker = stack.start_worker()
     worker_before = cpu_seconds(worker.pid)
-    wait_until(lambda: stack.one("SELECT count(*) AS n FROM messages WHERE status = 'completed'")["n"] == total,
+    wait_until(lambda: stack.one(f"SELECT count(*) AS n FROM messages WHERE {where}", params)["n"] == total,
                timeout, f"{total} messages to complete", interval=0.5)
     worker_cpu = cpu_seconds(worker.pid) - worker_before
     postgres_cpu = postgres_cpu_seconds(stack.database_url) - postgres_before
-    span = stack.one("SELECT min(started_at) AS first, max(sent_at) AS last FROM messages")
+    span = stack.one(f"SELECT min(started_at) AS first, max(sent_at) AS last FROM messages WHERE {where}", params)
     return Drained(total / (span["last"] - span["first"]).total_seconds(), 1000 * worker_cpu / total,
                    1000 * postgres_cpu / total)
 

@@ -96,6 +96,17 @@ def wrk_load(bases: list[str], instances: list[dict[str, Any]], clients: int, se
     return total
 
 
+#: The load generator: wrk when installed.
+GENERATOR = "wrk" if shutil.which("wrk") else "httpx"
+
+
+def load(generator: str, bases: list[str], instances: list[dict[str, Any]], clients: int, seconds: float,
+         work: Path) -> float:
+    if generator == "wrk":
+        return wrk_load(bases, instances, clients, seconds, work)
+    return http_load(bases, instances, clients, seconds)
+
+
 def pgbench(url: str, work: Path, instances: int, clients: int, seconds: float) -> float:
     script = work / "enqueue.sql"
     script.write_text(PGBENCH_SCRIPT.format(instances=instances))
@@ -117,7 +128,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--instances", type=int, default=100)
-    parser.add_argument("--generator", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
+    parser.add_argument("--generator", choices=["wrk", "httpx"], default=GENERATOR)
     args = parser.parse_args()
     with workdir() as work, database(work / "db") as url:
         first = Stack(url, work / "api1", {"LOG_LEVEL": "WARNING"})
@@ -128,14 +139,10 @@ def main() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE TABLE bench_instances AS"
                              " SELECT row_number() OVER (ORDER BY created_at) AS n, id FROM instances")
-            def load(bases: list[str]) -> float:
-                if args.generator == "wrk":
-                    return wrk_load(bases, instances, args.clients, args.seconds, work)
-                return http_load(bases, instances, args.clients, args.seconds)
-
-            one = load([str(first.http.base_url)])
+            one = load(args.generator, [str(first.http.base_url)], instances, args.clients, args.seconds, work)
             second.start_api()
-            two = load([str(first.http.base_url), str(second.http.base_url)])
+            two = load(args.generator, [str(first.http.base_url), str(second.http.base_url)], instances,
+                       args.clients, args.seconds, work)
             ceiling = pgbench(url, work, args.instances, args.clients, args.seconds)
         finally:
             second.stop()

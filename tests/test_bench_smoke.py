@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,13 +18,20 @@ from tests.stack import ROOT
         ("enqueue.py", ["--seconds", "1", "--clients", "2", "--instances", "2"], "pgbench"),
         ("lateness.py", ["--instances", "2", "--spread", "1"], "| 1s | on |"),
         ("idle.py", ["--instances", "5", "--idle", "1"], "| 5 | 5 | 0 |"),
+        ("growth.py", ["--sizes", "2,3", "--messages", "6", "--hot", "4", "--seconds", "1", "--spread", "1",
+                       "--plot", "{tmp}/growth.png"], "| 3 |"),
+        ("broker_choice.py", ["--order", "20", "--drain", "200", "--future", "20", "--timeout", "5"],
+         "dramatiq-postgres"),
     ],
 )
-def test_benchmark_script_runs(script: str, args: list[str], expected: str) -> None:
+def test_benchmark_script_runs(script: str, args: list[str], expected: str, tmp_path: Path) -> None:
+    args = [a.format(tmp=tmp_path) for a in args]
     result = subprocess.run([sys.executable, script, *args], cwd=ROOT / "bench", capture_output=True, text=True,
-                            timeout=300)
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout and "BROKEN" not in result.stdout
     if script == "lateness.py":
         rows = [line for line in result.stdout.splitlines() if line.startswith(("| 100ms", "| 1s"))]
         assert len(rows) == 4 and all(row.endswith("| 0 |") for row in rows), "a message went early"
+    if script == "growth.py":
+        assert (tmp_path / "growth.png").stat().st_size > 10_000, "the plot was not drawn"

@@ -28,15 +28,27 @@ STATE = """
     SELECT connected, latency_ms FROM simulator_instances WHERE instance_id = %(id)s
 """
 
-# Takes one injected failure, if any, and reads the state in the same statement.
-TAKE_FAILURE = """
+# Takes one injected failure, if any, reads the state, and when the send is instant (connected,
+# no failure, no latency: the common case) records it too: one statement per send, like one
+# network call, rather than a read and a write.
+SEND = """
     WITH taken AS (
         UPDATE simulator_instances SET fail_next = fail_next - 1
          WHERE instance_id = %(id)s AND fail_next > 0 AND connected
         RETURNING true AS fail
+    ), state AS (
+        SELECT COALESCE(s.connected, true) AS connected, COALESCE(s.latency_ms, 0) AS latency_ms,
+               COALESCE(s.fail_mode, 'retryable') AS fail_mode, EXISTS (SELECT 1 FROM taken) AS fail
+          FROM (SELECT 1) AS one LEFT JOIN simulator_instances s ON s.instance_id = %(id)s
+    ), sent AS (
+        INSERT INTO simulator_events
+            (instance_id, kind, phone, zaap_id, payload, whatsapp_message_id, started_at, ended_at)
+        SELECT %(id)s, 'send', %(phone)s, %(zaap_id)s, %(payload)s, %(whatsapp_id)s,
+               clock_timestamp(), clock_timestamp()
+          FROM state WHERE connected AND latency_ms = 0 AND NOT fail
+        RETURNING 1
     )
-    SELECT s.connected, s.latency_ms, s.fail_mode, EXISTS (SELECT 1 FROM taken) AS fail
-      FROM simulator_instances s WHERE s.instance_id = %(id)s
+    SELECT state.*, EXISTS (SELECT 1 FROM sent) AS sent FROM state
 """
 
 RECORD = """
@@ -94,8 +106,14 @@ class SimulatorTransport:
         )
 
     def send(self, message: OutgoingMessage) -> str:
-        knobs = fetch_one(self.pool, TAKE_FAILURE, {"id": message.instance_id}) or _DEFAULT_STATE
+        whatsapp_id = "SIM" + uuid4().hex[:20].upper()
         started_at = _now()
+        knobs = fetch_one(self.pool, SEND, {
+            "id": message.instance_id, "phone": message.phone, "zaap_id": message.zaap_id,
+            "payload": Jsonb(message.payload), "whatsapp_id": whatsapp_id})
+        assert knobs is not None
+        if knobs["sent"]:
+            return whatsapp_id
         if not knobs["connected"]:
             raise InstanceDisconnected("simulated instance is disconnected")
         latency = knobs["latency_ms"] / 1000
@@ -107,7 +125,6 @@ class SimulatorTransport:
             raise PermanentSendError("simulated permanent failure: the number is not on WhatsApp")
         if knobs["fail"]:
             raise RetryableSendError("simulated send failure")
-        whatsapp_id = "SIM" + uuid4().hex[:20].upper()
         self._record(
             id=message.instance_id, kind="send", phone=message.phone, presence=None,
             zaap_id=message.zaap_id, payload=Jsonb(message.payload), whatsapp_id=whatsapp_id,

@@ -64,3 +64,33 @@ END
 $$;
 
 DROP FUNCTION wmq_mark_sending(text, uuid);
+
+-- §3.5, with the broker message settled in the same transaction: the completed message's broker
+-- row (its live dispatch, claimed by this worker) is deleted here, so completion and broker
+-- clean-up are one atomic step, and the ack that follows has nothing left to do
+-- (workers/broker.py: QueueConsumer.ack skips its statement for a settled message).
+CREATE OR REPLACE FUNCTION wmq_complete(
+    p_zaap text, p_worker uuid, p_whatsapp_id text, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_instance uuid;
+    v_dispatch uuid;
+BEGIN
+    v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
+    PERFORM wmq_lock_instance(v_instance);
+    PERFORM wmq_set_detail('whatsapp id ' || p_whatsapp_id);
+    UPDATE messages
+       SET status = 'completed', whatsapp_message_id = p_whatsapp_id,
+           sent_at = now(), finished_at = now()
+     WHERE zaap_id = p_zaap AND status = 'sending' AND worker_id = p_worker
+    RETURNING dispatch_id INTO v_dispatch;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM dramatiq.queue WHERE message_id = v_dispatch;
+    UPDATE instance_queues SET last_sent_at = now() WHERE instance_id = v_instance;
+    PERFORM wmq_dispatch_head(v_instance, p_queue, p_actor);
+    RETURN true;
+END
+$$;

@@ -18,7 +18,7 @@ from service.core import Coordinator
 from service.core.models import DELIVER_ACTOR, PRESENCE_ACTOR, Job
 from service.settings import Settings
 from workers.bookkeeping import persist
-from workers.ordering import current_job
+from workers.ordering import current_job, settle
 from workers.transports import (
     InstanceDisconnected,
     OutgoingMessage,
@@ -114,6 +114,7 @@ class Deliverer:
         recorded = persist("the send", lambda: self.coordinator.complete(job.zaap_id, self.worker_id, whatsapp_id),
                            ctx, deadline=None)
         if recorded:
+            settle()
             logger.info("message sent", extra=ctx)
         else:
             logger.warning("message sent but no longer ours to complete", extra=ctx)

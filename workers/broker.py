@@ -29,9 +29,14 @@ def sessions_queue(settings: Settings) -> str:
 #: The broker's ack, without its NOTIFY on `dramatiq.<queue>.ack`.
 ACK = "DELETE FROM dramatiq.queue WHERE message_id = %s AND queue_name = %s AND state = 'consumed'"
 
+#: Set on a broker message whose row the core already deleted (`wmq_complete` settles the broker
+#: message with the send, in one transaction): its ack has nothing left to do.
+SETTLED = "wmq_settled"
+
 
 class QueueConsumer(PostgresConsumer):
-    """dramatiq-postgres' consumer with a cheaper ack: one statement on an autocommit connection.
+    """dramatiq-postgres' consumer with a cheaper ack: one statement on an autocommit connection,
+    none for a message the core has settled already (`SETTLED`: every sent message).
 
     The stock ack wraps the same DELETE in BEGIN … COMMIT (three round trips) and NOTIFYs the
     message body on an `.ack` channel that only a results listener would read (results are off
@@ -40,11 +45,12 @@ class QueueConsumer(PostgresConsumer):
 
     @raise_connection_error
     def ack(self, message: Message[Any]) -> None:
-        conn = getconn(self.pool)
-        try:
-            conn.execute(ACK, (message.message_id, message.queue_name))
-        finally:
-            self.pool.putconn(conn)
+        if not getattr(message, SETTLED, False):
+            conn = getconn(self.pool)
+            try:
+                conn.execute(ACK, (message.message_id, message.queue_name))
+            finally:
+                self.pool.putconn(conn)
         self.in_processing.discard(message.message_id)
         self.wakeup.set()
 

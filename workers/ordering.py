@@ -18,6 +18,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from service.core import Coordinator
 from service.core.models import DELIVER_ACTOR, Job
 from workers.bookkeeping import persist
+from workers.broker import SETTLED
 
 logger = logging.getLogger("wmq.ordering")
 
@@ -40,11 +41,18 @@ def current_job() -> Job:
     return job
 
 
+def settle() -> None:
+    """The core deleted this thread's broker message with the send (`wmq_complete`): the ack
+    that follows skips its statement."""
+    _current.settled = True
+
+
 class OrderingMiddleware(Middleware):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        _current.settled = False
         if message.actor_name != DELIVER_ACTOR:
             return  # a presence carries no message: nothing to claim
         zaap_id = message.args[0]
@@ -58,7 +66,10 @@ class OrderingMiddleware(Middleware):
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message,
                               *, result: object = None, exception: BaseException | None = None) -> None:
+        if getattr(_current, "settled", False):
+            setattr(message, SETTLED, True)
         _current.job = None
+        _current.settled = False
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         _current.job = None

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,24 @@ def make_pool(url: str, *, max_size: int, name: str = "wmq") -> ConnectionPool:
     return pool
 
 
+async def make_async_pool(url: str, *, max_size: int, name: str = "wmq") -> AsyncConnectionPool:
+    """The same pool for the API's event loop: its send path enqueues without a thread hop."""
+    pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"application_name": name, "autocommit": True},
+        check=_ready_async,
+        open=False,
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool
+
+
+async def _ready_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    _alive(conn)
+
+
 def _ready(conn: psycopg.Connection[Any]) -> None:
     """The pool's check before lending a connection, inline and without a round trip.
 
@@ -44,18 +62,30 @@ def _ready(conn: psycopg.Connection[Any]) -> None:
     the connection back in autocommit, which the broker's LISTEN helper turns off. (The pool's
     `check_connection` costs a round trip per borrow, a sixth of the worker's time under load;
     a `reset` callback hands every returned connection to the pool's thread.)"""
+    _alive(conn)
+    if not conn.autocommit:
+        conn.autocommit = True
+
+
+def _alive(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     for _ in range(2):  # the first read may take the server's goodbye, the second its EOF
         conn.pgconn.consume_input()
     if conn.pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError("connection lost")
-    if not conn.autocommit:
-        conn.autocommit = True
 
 
 def fetch_one(pool: ConnectionPool, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Run one statement in its own transaction; the first row as a dict."""
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(sql, params).fetchone()
+
+
+async def fetch_one_async(pool: AsyncConnectionPool, sql: str,
+                          params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """`fetch_one` on the event loop."""
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchone()
 
 
 def fetch_all(pool: ConnectionPool, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

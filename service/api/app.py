@@ -23,7 +23,7 @@ from service.core.models import (
     JobNotFound,
     SessionCommandFailed,
 )
-from service.db import make_pool
+from service.db import make_async_pool, make_pool
 from service.settings import Settings
 
 logger = logging.getLogger("wmq.api")
@@ -93,13 +93,15 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = make_pool(database_url, max_size=20, name="wmq-api")
-        app.state.coordinator = Coordinator(pool, settings)
+        async_pool = await make_async_pool(database_url, max_size=20, name="wmq-api")
+        app.state.coordinator = Coordinator(pool, settings, async_pool)
         app.state.settings = settings
         app.state.instances = e.InstanceCache()
         try:
             yield
         finally:
             app.state.coordinator.stop()
+            await async_pool.close()
             pool.close()
 
     return Starlette(

@@ -190,7 +190,7 @@ def send_route(parse: Callable[[dict[str, Any]], MessageRequest]) -> Callable[[R
     async def endpoint(request: Request) -> Response:
         instance = await authenticated(request, cached=True)
         message = parse(schemas.parse_json_object(await request.body()))
-        enqueued = await call(core(request).enqueue_message, instance.id, message)
+        enqueued = await core(request).enqueue_message_async(instance.id, message)
         return JSONResponse({
             "zaapId": enqueued.zaap_id,
             "messageId": enqueued.zaap_id,

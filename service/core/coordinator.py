@@ -7,17 +7,19 @@ instance lock (R1) and dispatch inside the same transaction (R2).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from service.core import queries
 from service.core.models import (
@@ -35,7 +37,7 @@ from service.core.models import (
     MessageRequest,
     SessionCommandFailed,
 )
-from service.db import fetch_all, fetch_one
+from service.db import fetch_all, fetch_one, fetch_one_async
 from service.settings import Settings, min_send_interval
 
 logger = logging.getLogger("wmq.core")
@@ -50,9 +52,21 @@ def check_credentials(instance: Instance, token: str, client_token: str | None) 
     return instance
 
 
+@contextlib.contextmanager
+def _enqueue_errors() -> Iterator[None]:
+    """The enqueue's database errors, as the core's."""
+    try:
+        yield
+    except psycopg.errors.NoDataFound:  # removed between authentication and enqueue
+        raise InstanceNotFound("instance not found") from None
+    except (psycopg.errors.DatetimeFieldOverflow, psycopg.errors.IntervalFieldOverflow):
+        raise DueTimeTooFar("the delays of this instance's queue chain more than 100 years ahead") from None
+
+
 class Coordinator:
-    def __init__(self, pool: ConnectionPool, settings: Settings) -> None:
+    def __init__(self, pool: ConnectionPool, settings: Settings, async_pool: AsyncConnectionPool | None = None) -> None:
         self.pool = pool
+        self.async_pool = async_pool
         self.settings = settings
         self._started = True
 
@@ -137,30 +151,41 @@ class Coordinator:
 
     def enqueue_message(self, instance_id: UUID, request: MessageRequest) -> Enqueued:
         """§3.1: one transaction: lock, sequence, chained due time, insert, dispatch if head."""
-        zaap_id = uuid4().hex
-        try:
-            row = self._one(
-                queries.ENQUEUE,
-                zaap_id=zaap_id,
-                instance_id=instance_id,
-                message_type=request.message_type,
-                phone=request.phone,
-                payload=Jsonb(request.payload),
-                delay_ms=request.delay_message_ms,
-                typing_ms=request.delay_typing_ms,
-                jitter_ms=self._jitter_ms(),
-                scheduled_for=request.scheduled_for,
-                max_attempts=self.settings.message_queue_max_job_attempts,
-                **self._route,
-            )
-        except psycopg.errors.NoDataFound:  # removed between authentication and enqueue
-            raise InstanceNotFound("instance not found") from None
-        except (psycopg.errors.DatetimeFieldOverflow, psycopg.errors.IntervalFieldOverflow):
-            raise DueTimeTooFar("the delays of this instance's queue chain more than 100 years ahead") from None
+        params = self._enqueue_params(instance_id, request)
+        with _enqueue_errors():
+            row = self._one(queries.ENQUEUE, **params)
+        return self._enqueued(params, request, row)
+
+    async def enqueue_message_async(self, instance_id: UUID, request: MessageRequest) -> Enqueued:
+        """`enqueue_message` on the API's event loop, through the async pool given at
+        construction: the send path's one database call without a hop to a thread."""
+        assert self.async_pool is not None, "no async pool"
+        params = self._enqueue_params(instance_id, request)
+        with _enqueue_errors():
+            row = await fetch_one_async(self.async_pool, queries.ENQUEUE, params)
+        return self._enqueued(params, request, row)
+
+    def _enqueue_params(self, instance_id: UUID, request: MessageRequest) -> dict[str, Any]:
+        return {
+            "zaap_id": uuid4().hex,
+            "instance_id": instance_id,
+            "message_type": request.message_type,
+            "phone": request.phone,
+            "payload": Jsonb(request.payload),
+            "delay_ms": request.delay_message_ms,
+            "typing_ms": request.delay_typing_ms,
+            "jitter_ms": self._jitter_ms(),
+            "scheduled_for": request.scheduled_for,
+            "max_attempts": self.settings.message_queue_max_job_attempts,
+            **self._route,
+        }
+
+    @staticmethod
+    def _enqueued(params: dict[str, Any], request: MessageRequest, row: dict[str, Any] | None) -> Enqueued:
         assert row is not None
         enqueued = Enqueued(
-            zaap_id=zaap_id,
-            instance_id=instance_id,
+            zaap_id=params["zaap_id"],
+            instance_id=params["instance_id"],
             sequence=row["sequence"],
             scheduled_at=row["scheduled_at"],
             status=row["status"],
@@ -168,8 +193,8 @@ class Coordinator:
         logger.info(
             "message enqueued",
             extra={
-                "zaap_id": zaap_id,
-                "instance_id": str(instance_id),
+                "zaap_id": enqueued.zaap_id,
+                "instance_id": str(enqueued.instance_id),
                 "sequence": enqueued.sequence,
                 "message_type": request.message_type,
                 "scheduled_at": enqueued.scheduled_at.isoformat(),

@@ -107,6 +107,14 @@ def load(generator: str, bases: list[str], instances: list[dict[str, Any]], clie
     return http_load(bases, instances, clients, seconds)
 
 
+def number_instances(url: str) -> None:
+    """`bench_instances`: the instances numbered 1..N, keyed, for pgbench's random pick."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_instances AS"
+                     " SELECT row_number() OVER (ORDER BY created_at) AS n, id FROM instances")
+        conn.execute("ALTER TABLE bench_instances ADD PRIMARY KEY (n)")
+
+
 def pgbench(url: str, work: Path, instances: int, clients: int, seconds: float) -> float:
     script = work / "enqueue.sql"
     script.write_text(PGBENCH_SCRIPT.format(instances=instances))
@@ -136,9 +144,7 @@ def main() -> None:
         first.start_api()
         try:
             instances = [first.create_instance(name=f"bench-{n}") for n in range(args.instances)]
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("CREATE TABLE bench_instances AS"
-                             " SELECT row_number() OVER (ORDER BY created_at) AS n, id FROM instances")
+            number_instances(url)
             one = load(args.generator, [str(first.http.base_url)], instances, args.clients, args.seconds, work)
             second.start_api()
             two = load(args.generator, [str(first.http.base_url), str(second.http.base_url)], instances,

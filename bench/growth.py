@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 from drain import ENQUEUE_MANY, check_order, drain
-from enqueue import GENERATOR, load, pgbench
+from enqueue import GENERATOR, load, number_instances, pgbench
 from harness import Stack, database, print_table, workdir
 from lateness import run as lateness
 
@@ -44,9 +44,7 @@ def enqueue_at(work: Path, size: int, seconds: float) -> tuple[float, float]:
         stack.start_api()
         try:
             instances = create_instances(stack, size)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("CREATE TABLE bench_instances AS"
-                             " SELECT row_number() OVER (ORDER BY created_at) AS n, id FROM instances")
+            number_instances(url)
             http = load(GENERATOR, [str(stack.http.base_url)], instances, 16, seconds, work)
             return http, pgbench(url, work, size, 16, seconds)
         finally:

@@ -52,7 +52,6 @@ CLAIM = "SELECT * FROM wmq_claim(%(zaap_id)s, %(dispatch_id)s, %(worker_id)s)"
 
 START_TYPING = "SELECT wmq_start_typing(%(zaap_id)s, %(worker_id)s, %(queue)s, %(actor)s) AS ok"
 
-
 COMPLETE = """
     SELECT wmq_complete(%(zaap_id)s, %(worker_id)s, %(whatsapp_id)s, %(queue)s, %(actor)s) AS ok
 """

@@ -77,7 +77,7 @@ async def authenticated(request: Request, *, cached: bool = False) -> Instance:
     cache: InstanceCache = request.app.state.instances
     instance = cache.get(instance_id) if cached else None
     if instance is None:
-        instance = await call(core(request).get_instance, instance_id)
+        instance = await core(request).get_instance_async(instance_id)
         cache.put(instance)
     return check_credentials(instance, request.path_params["token"], request.headers.get("client-token"))
 

@@ -52,6 +52,12 @@ def check_credentials(instance: Instance, token: str, client_token: str | None) 
     return instance
 
 
+def _instance(row: dict[str, Any] | None) -> Instance:
+    if row is None:
+        raise InstanceNotFound("instance not found")
+    return Instance.from_row(row)
+
+
 @contextlib.contextmanager
 def _enqueue_errors() -> Iterator[None]:
     """The enqueue's database errors, as the core's."""
@@ -127,10 +133,12 @@ class Coordinator:
         logger.info("instance removed", extra={"instance_id": str(instance_id)})
 
     def get_instance(self, instance_id: UUID) -> Instance:
-        row = self._one(queries.GET_INSTANCE, id=instance_id)
-        if row is None:
-            raise InstanceNotFound("instance not found")
-        return Instance.from_row(row)
+        return _instance(self._one(queries.GET_INSTANCE, id=instance_id))
+
+    async def get_instance_async(self, instance_id: UUID) -> Instance:
+        """`get_instance` on the API's event loop (the send path's authentication)."""
+        assert self.async_pool is not None, "no async pool"
+        return _instance(await fetch_one_async(self.async_pool, queries.GET_INSTANCE, {"id": instance_id}))
 
     def list_instances(self) -> list[Instance]:
         return [Instance.from_row(r) for r in self._all(queries.LIST_INSTANCES)]

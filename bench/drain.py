@@ -29,7 +29,18 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from harness import ROOT, Stack, cpu_seconds, database, postgres_cpu_seconds, print_table, wait_until, workdir
+import psycopg
+from harness import (
+    ROOT,
+    Stack,
+    cpu_seconds,
+    create_instances,
+    database,
+    postgres_cpu_seconds,
+    print_table,
+    wait_until,
+    workdir,
+)
 
 ENQUEUE_MANY = """
     SELECT wmq_enqueue(md5(random()::text || clock_timestamp()::text), %(instance)s, 'text', '5511999999999',
@@ -40,11 +51,10 @@ ENQUEUE_MANY = """
 
 def queue_backlog(stack: Stack, instances: int, per_instance: int) -> list[str]:
     """Create instances and queue their messages straight through the SQL core (no worker yet)."""
-    ids = []
-    for n in range(instances):
-        instance = stack.create_instance(name=f"bench-{n}")
-        ids.append(instance["id"])
-        stack.all(ENQUEUE_MANY, {"instance": instance["id"], "count": per_instance})
+    ids = [instance["id"] for instance in create_instances(stack, instances)]
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        for instance_id in ids:
+            conn.execute(ENQUEUE_MANY, {"instance": instance_id, "count": per_instance})
     return ids
 
 
@@ -93,23 +103,23 @@ def ours(work: Path, instances: int, per_instance: int, env: dict[str, Any]) -> 
             stack.stop()
 
 
-def broker_ceiling(work: Path, total: int) -> Drained:
+def run_script(work: Path, script: str, args: list[str]) -> list[str]:
+    """Run `bench/<script> <fresh database url> <args>`; the fields of its last line."""
     with database(work / f"db-{time.monotonic_ns()}") as url:
-        result = subprocess.run([sys.executable, str(ROOT / "bench" / "noop_worker.py"), url, str(total)],
-                                capture_output=True, text=True, timeout=3600)
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr)
-        return Drained(*map(float, result.stdout.strip().splitlines()[-1].split()))
-
-
-def procrastinate(work: Path, args: list[str]) -> tuple[Drained, bool]:
-    with database(work / f"db-{time.monotonic_ns()}") as url:
-        result = subprocess.run([sys.executable, str(ROOT / "bench" / "procrastinate_peer.py"), url, *args],
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / script), url, *args],
                                 capture_output=True, text=True, timeout=7200)
         if result.returncode != 0:
             raise RuntimeError(result.stderr)
-        rate, ordered, own_cpu_ms, postgres_cpu_ms = result.stdout.strip().splitlines()[-1].split()
-        return Drained(float(rate), float(own_cpu_ms), float(postgres_cpu_ms)), ordered == "1"
+        return result.stdout.strip().splitlines()[-1].split()
+
+
+def broker_ceiling(work: Path, total: int) -> Drained:
+    return Drained(*map(float, run_script(work, "noop_worker.py", [str(total)])))
+
+
+def procrastinate(work: Path, args: list[str]) -> tuple[Drained, bool]:
+    rate, ordered, own_cpu_ms, postgres_cpu_ms = run_script(work, "procrastinate_peer.py", args)
+    return Drained(float(rate), float(own_cpu_ms), float(postgres_cpu_ms)), ordered == "1"
 
 
 def row(system: str, drained: Drained, order: str, ceiling: Drained) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from harness import ROOT, Stack, database, print_table, workdir
+from harness import ROOT, Stack, create_instances, database, print_table, workdir
 
 PGBENCH = ROOT / ".venv/lib/python3.11/site-packages/pgserver/pginstall/bin/pgbench"
 
@@ -143,7 +143,7 @@ def main() -> None:
         second = Stack(url, work / "api2", {"LOG_LEVEL": "WARNING"})
         first.start_api()
         try:
-            instances = [first.create_instance(name=f"bench-{n}") for n in range(args.instances)]
+            instances = create_instances(first, args.instances)
             number_instances(url)
             one = load(args.generator, [str(first.http.base_url)], instances, args.clients, args.seconds, work)
             second.start_api()

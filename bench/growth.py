@@ -19,22 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from drain import ENQUEUE_MANY, check_order, drain
+from drain import ENQUEUE_MANY, check_order, drain, queue_backlog
 from enqueue import GENERATOR, load, number_instances, pgbench
-from harness import Stack, database, print_table, workdir
+from harness import Stack, create_instances, database, print_table, workdir
 from lateness import run as lateness
 
 WORKER_ENV = {"MESSAGE_QUEUE_WORKER_THREADS": 8, "LOG_LEVEL": "WARNING"}
-
-
-def create_instances(stack: Stack, count: int) -> list[dict[str, Any]]:
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda n: stack.create_instance(name=f"bench-{n}"), range(count)))
 
 
 def enqueue_at(work: Path, size: int, seconds: float) -> tuple[float, float]:
@@ -58,10 +51,7 @@ def dispatch_at(work: Path, size: int, messages: int, hot: int) -> dict[str, Any
         stack = Stack(url, work / f"dispatch-stack-{size}", WORKER_ENV)
         stack.start_api()
         try:
-            ids = [i["id"] for i in create_instances(stack, size)]
-            with psycopg.connect(url, autocommit=True) as conn:
-                for instance in ids:
-                    conn.execute(ENQUEUE_MANY, {"instance": instance, "count": per_instance})
+            ids = queue_backlog(stack, size, per_instance)
             drained = drain(stack, size * per_instance, timeout=3600)
             ordered = check_order(stack, ids)
             stack.stop_process(stack.workers.pop())

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 from service.db import migrate, start_embedded_postgres  # noqa: E402
 from tests.stack import Stack, wait_until  # noqa: E402
 
-__all__ = ["Stack", "cpu_seconds", "database", "percentile", "postgres_cpu_seconds", "print_table", "wait_until",
-           "workdir"]
+__all__ = ["Stack", "cpu_seconds", "create_instances", "database", "percentile", "postgres_cpu_seconds",
+           "print_table", "wait_until", "workdir"]
 
 
 @contextlib.contextmanager
@@ -53,6 +54,12 @@ def database(work: Path) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         if server is not None:
             server.cleanup()
+
+
+def create_instances(stack: Stack, count: int) -> list[dict[str, Any]]:
+    """`count` instances through the API (8 requests at a time), in order of their names."""
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda n: stack.create_instance(name=f"bench-{n}"), range(count)))
 
 
 def cpu_seconds(pid: int) -> float:

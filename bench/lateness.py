@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from harness import Stack, database, percentile, print_table, wait_until, workdir
+from harness import Stack, create_instances, database, percentile, print_table, wait_until, workdir
 
 ENQUEUE = """
     SELECT wmq_enqueue(md5(random()::text || clock_timestamp()::text), %(instance)s, 'text', '5511999999999',
@@ -28,7 +28,7 @@ def run(work: object, instances: int, spread: float, poll: str, wakeup: bool) ->
         stack.start()
         try:
             rng = random.Random(1)
-            created = [stack.create_instance() for _ in range(instances)]
+            created = create_instances(stack, instances)
             for instance in created:
                 stack.all(ENQUEUE, {"instance": instance["id"], "delay_ms": round((2 + rng.random() * spread) * 1000)})
             wait_until(lambda: stack.one("SELECT count(*) AS n FROM messages WHERE status = 'completed'")["n"]

@@ -5,7 +5,7 @@ and PostgreSQL's CPU milliseconds per message."""
 from __future__ import annotations
 
 import json
-import resource
+import os
 import sys
 import time
 import uuid
@@ -13,7 +13,7 @@ import uuid
 import dramatiq
 import psycopg
 from dramatiq_postgres import PostgresBroker
-from harness import postgres_cpu_seconds
+from harness import cpu_seconds, postgres_cpu_seconds
 from psycopg_pool import ConnectionPool
 
 
@@ -36,24 +36,19 @@ def main() -> None:
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
     worker.queue_prefetch = 8
     postgres_before = postgres_cpu_seconds(url)
-    own_before = _own_cpu_seconds()
+    own_before = cpu_seconds(os.getpid())
     started = time.perf_counter()
     worker.start()
     with psycopg.connect(url) as conn:
         while conn.execute("SELECT count(*) FROM dramatiq.queue").fetchone()[0]:
             time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    own_cpu = _own_cpu_seconds() - own_before
+    own_cpu = cpu_seconds(os.getpid()) - own_before
     postgres_cpu = postgres_cpu_seconds(url) - postgres_before
     worker.stop()
     broker.close()
     pool.close()
     print(total / elapsed, 1000 * own_cpu / total, 1000 * postgres_cpu / total)
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

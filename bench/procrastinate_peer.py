@@ -26,14 +26,14 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
-import resource
+import os
 import sys
 import time
 from typing import Any
 
 import procrastinate
 import psycopg
-from harness import postgres_cpu_seconds
+from harness import cpu_seconds, postgres_cpu_seconds
 from procrastinate import worker as procrastinate_worker
 from procrastinate.tasks import Task
 
@@ -154,11 +154,6 @@ async def measure(url: str, instances: int, per_instance: int) -> tuple[float, b
     return count / span, ordered
 
 
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def run(args: argparse.Namespace) -> tuple[float, bool, float, float]:
     app, task = make_app(args.url)
     total = args.instances * args.per_instance
@@ -171,9 +166,9 @@ async def run(args: argparse.Namespace) -> tuple[float, bool, float, float]:
         started = time.perf_counter()
         await defer(task, args.instances, args.per_instance)
         log(f"deferred {total} jobs in {time.perf_counter() - started:.2f} s")
-        own, postgres = own_cpu_seconds(), postgres_cpu_seconds(args.url)
+        own, postgres = cpu_seconds(os.getpid()), postgres_cpu_seconds(args.url)
         wall = await drain(app, args.url, total, args.poll)
-        own, postgres = own_cpu_seconds() - own, postgres_cpu_seconds(args.url) - postgres
+        own, postgres = cpu_seconds(os.getpid()) - own, postgres_cpu_seconds(args.url) - postgres
         log(f"worker wall time {wall:.2f} s")
     rate, ordered = await measure(args.url, args.instances, args.per_instance)
     return rate, ordered, 1000 * own / total, 1000 * postgres / total

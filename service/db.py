@@ -24,30 +24,21 @@ def make_pool(url: str, *, max_size: int, name: str = "wmq") -> ConnectionPool:
     Connections are in autocommit: every core operation is one statement (a SQL function, atomic
     by itself), which saves the BEGIN and COMMIT round trips; multi-statement work opens
     `conn.transaction()` explicitly, as the broker does."""
-    pool = ConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs={"application_name": name, "autocommit": True},
-        check=_ready,
-        open=False,
-    )
+    pool = ConnectionPool(url, check=_ready, **_pool_options(max_size, name))
     pool.open(wait=True, timeout=30)
     return pool
 
 
 async def make_async_pool(url: str, *, max_size: int, name: str = "wmq") -> AsyncConnectionPool:
     """The same pool for the API's event loop: its send path enqueues without a thread hop."""
-    pool = AsyncConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs={"application_name": name, "autocommit": True},
-        check=_ready_async,
-        open=False,
-    )
+    pool = AsyncConnectionPool(url, check=_ready_async, **_pool_options(max_size, name))
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+def _pool_options(max_size: int, name: str) -> dict[str, Any]:
+    return {"min_size": 1, "max_size": max_size, "kwargs": {"application_name": name, "autocommit": True},
+            "open": False}
 
 
 async def _ready_async(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -69,7 +69,6 @@ class OrderingMiddleware(Middleware):
         if getattr(_current, "settled", False):
             setattr(message, SETTLED, True)
         _current.job = None
-        _current.settled = False
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         _current.job = None

@@ -1,9 +1,10 @@
-# The README's commands. `make run` starts everything; `make test` runs the whole suite.
+# The README's commands. `make run` starts everything; `make test` runs the whole suite;
+# `make check` is the fast tier (lint and the tests that need only PostgreSQL, under a minute).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench install install-test clean
+.PHONY: run test check lint bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ run: install
 test: install-test
 	$(BIN)/ruff check service workers tests scripts bench
 	$(BIN)/pytest
+
+check: install-test
+	$(BIN)/ruff check service workers tests scripts bench
+	$(BIN)/pytest tests/fast
 
 bench: install-test
 	cd bench && for script in drain enqueue lateness idle growth broker_choice; do ../$(BIN)/python $$script.py || exit 1; done

@@ -1,12 +1,14 @@
 """Why the broker is dramatiq-postgres and not dramatiq-pg (DESIGN.md §0): the evidence, reproduced.
 
     .venv/bin/python bench/broker_choice.py [--order 2000] [--drain 20000] [--future 5000] [--timeout 30]
+                                            [--only dramatiq-pg|dramatiq-postgres]
 
 dramatiq-pg 0.12 pins dramatiq<2, so it gets its own venv, `bench/.venv-dramatiq-pg` (made on the first run
 with `dramatiq-pg` and `psycopg2-binary`). Every measurement runs in a child process
 (`bench/broker_choice_child.py`) with that broker's venv, on a fresh migrated database; dramatiq-pg's tables
 come from its own schema.sql, in schema `dramatiq_pg` (its default `dramatiq` is dramatiq-postgres' in our
-migrations). A child that crashes or hangs is a result, not a failure of this script.
+migrations). A child that crashes or hangs is a result, not a failure of this script. `--only` measures one
+broker: `--only dramatiq-postgres` needs no side venv, installs nothing (what the test suite runs).
 
 1. Order within one queue: `order` messages numbered 0..N-1 on one queue, consumed by one worker thread with
    prefetch 1 (take, process, ack, take the next), in three situations: the worker runs while they are
@@ -127,12 +129,12 @@ def seconds(value: float | None, timeout: float) -> str:
     return f"not within {timeout:.0f} s" if value is None else f"{value:.3f} s"
 
 
-def measure_order(work: Path, total: int, timeout: float) -> list[dict[str, Any]]:
+def measure_order(work: Path, brokers: list[str], total: int, timeout: float) -> list[dict[str, Any]]:
     rows = []
     for scenario, label in [("live", "worker running while enqueued"),
                             ("backlog", "backlog in a table with history"),
                             ("backlog-vacuum", "same, vacuum halfway through the backlog")]:
-        for broker in BROKERS:
+        for broker in brokers:
             r = run_child(work, broker, "order", {"n": total, "stall": timeout, "scenario": scenario}, timeout)
             rows.append({"broker": broker, "situation": label, "consumed": f"{r.get('consumed', 0)} / {total}",
                          "order kept": "yes" if r.get("in_order") else "no",
@@ -142,9 +144,9 @@ def measure_order(work: Path, total: int, timeout: float) -> list[dict[str, Any]
     return rows
 
 
-def measure_drain(work: Path, total: int, timeout: float) -> list[dict[str, Any]]:
+def measure_drain(work: Path, brokers: list[str], total: int, timeout: float) -> list[dict[str, Any]]:
     rows = []
-    for broker in BROKERS:
+    for broker in brokers:
         r = run_child(work, broker, "drain", {"n": total, "stall": timeout}, timeout)
         drained, spent = r.get("drained", 0), r.get("seconds", 0.0)
         rows.append({"broker": broker, "drained": f"{drained} / {total}",
@@ -153,10 +155,10 @@ def measure_drain(work: Path, total: int, timeout: float) -> list[dict[str, Any]
     return rows
 
 
-def measure_future(work: Path, total: int, timeout: float) -> list[dict[str, Any]]:
+def measure_future(work: Path, brokers: list[str], total: int, timeout: float) -> list[dict[str, Any]]:
     rows = []
     for delay_prefetch, label in [(None, "default (8 × 1000)"), (1, "1")]:
-        for broker in BROKERS:
+        for broker in brokers:
             params: dict[str, Any] = {"n": total, "stall": timeout}
             if delay_prefetch is not None:
                 params["delay_prefetch"] = delay_prefetch
@@ -176,15 +178,18 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=20_000, help="no-op messages to drain")
     parser.add_argument("--future", type=int, default=5000, help="far-future messages before the due one")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds without progress that end a step")
+    parser.add_argument("--only", choices=BROKERS, help="measure this broker alone (dramatiq-postgres: no side venv)")
     args = parser.parse_args()
-    ensure_pg_venv()
+    brokers = [args.only] if args.only else BROKERS
+    if "dramatiq-pg" in brokers:
+        ensure_pg_venv()
     with workdir() as work:
         print_table(f"Order within one queue ({args.order} messages, 1 worker thread, prefetch 1)",
-                    measure_order(work, args.order, args.timeout))
+                    measure_order(work, brokers, args.order, args.timeout))
         print_table(f"Sustained load ({args.drain} no-op messages, 8 threads)",
-                    measure_drain(work, args.drain, args.timeout))
+                    measure_drain(work, brokers, args.drain, args.timeout))
         print_table(f"Due messages behind {args.future} far-future ones (8 threads)",
-                    measure_future(work, args.future, args.timeout))
+                    measure_future(work, brokers, args.future, args.timeout))
 
 
 if __name__ == "__main__":

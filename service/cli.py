@@ -60,12 +60,14 @@ def cmd_api(settings: Settings) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from workers.transports.simulator import SimulatorControl
 
     url, _server = database_url(settings)
     migrate(url)
     if not settings.admin_token:
         settings = settings.model_copy(update={"admin_token": admin_token(settings)})
-    app = create_app(settings, url)
+    # The composition root: the API reaches the simulator's knobs through this, not an import.
+    app = create_app(settings, url, simulator=SimulatorControl)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=10)
     return 0

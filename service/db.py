@@ -1,7 +1,9 @@
-"""Database plumbing: the connection pool, the embedded PostgreSQL, and the migrations runner."""
+"""Database plumbing: the connection pool, the embedded PostgreSQL, and the migrations runner
+(`sql/migrations/`, then the definitions of `sql/functions/`)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -98,14 +100,53 @@ def start_embedded_postgres(data_dir: Path) -> Any:
 
 
 def migration_files() -> list[Path]:
-    return sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+    """The numbered table migrations, in order. Applied once each, never edited once applied."""
+    return sorted((SQL_DIR / "migrations").glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def definition_files() -> list[Path]:
+    """The current text of every function, trigger and view, in the order they are applied."""
+    return sorted((SQL_DIR / "functions").glob("*.sql"))
+
+
+def definitions_checksums() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in definition_files()}
+
+
+#: Every function and view of schema `public` is defined by sql/functions/ (and nothing else):
+#: before the definitions are applied anew, all of them go, with the triggers that call them, so
+#: a renamed or removed function leaves nothing behind and an upgraded database ends up exactly
+#: like a new one (tests/test_migrations.py).
+_DROP_DEFINITIONS = """
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE format('DROP VIEW %s CASCADE', r.name);
+    END LOOP;
+    FOR r IN SELECT t.tgname, t.tgrelid::regclass AS rel FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+              WHERE NOT t.tgisinternal AND p.pronamespace = 'public'::regnamespace LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
+    END LOOP;
+    FOR r IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+              WHERE p.pronamespace = 'public'::regnamespace LOOP
+        EXECUTE format('DROP FUNCTION %s', r.name);
+    END LOOP;
+END
+$$;
+"""
 
 
 def migrate(url: str) -> list[str]:
-    """Apply the pending `sql/NNN_*.sql` files, each in its own transaction, in order.
+    """Bring the database up to date; returns what this call applied.
 
-    Whichever process comes first applies them under an advisory lock; the others wait and then
-    find nothing left to do. Returns the names applied by this call.
+    First the pending `sql/migrations/NNN_*.sql` (tables), each in its own transaction, in order;
+    then, if any file of `sql/functions/` changed since it was last applied (a checksum per
+    file), every definition anew in one transaction (Flyway's "repeatable" migrations). Whichever
+    process comes first does it under an advisory lock; the others wait and then find nothing
+    left to do.
     """
     applied: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
@@ -114,6 +155,11 @@ def migrate(url: str) -> list[str]:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_definitions ("
+                " name text PRIMARY KEY, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
@@ -129,15 +175,34 @@ def migrate(url: str) -> list[str]:
                     )
                 applied.append(path.name)
                 logger.info("migration applied", extra={"migration": path.name})
+            if _definitions_changed(conn):
+                with conn.transaction():
+                    conn.execute(_DROP_DEFINITIONS)
+                    conn.execute("DELETE FROM schema_definitions")
+                    for path, checksum in zip(definition_files(), definitions_checksums().values(), strict=True):
+                        conn.execute(path.read_text())
+                        conn.execute("INSERT INTO schema_definitions (name, checksum) VALUES (%s, %s)",
+                                     (path.name, checksum))
+                applied.append("functions/")
+                logger.info("definitions applied", extra={"files": len(definition_files())})
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
     return applied
 
 
+def _definitions_changed(conn: psycopg.Connection[Any]) -> bool:
+    exists = conn.execute("SELECT to_regclass('schema_definitions') IS NOT NULL").fetchone()
+    stored = dict(conn.execute("SELECT name, checksum FROM schema_definitions").fetchall()) \
+        if exists and exists[0] else {}
+    return stored != definitions_checksums()
+
+
 def pending_migrations(conn: psycopg.Connection[Any]) -> list[str]:
-    """Names of migrations not yet applied (empty when the schema is current)."""
+    """Names of migrations not yet applied, and `functions/` if a definition changed (empty when
+    the schema is current)."""
     exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     done: set[int] = set()
     if exists and exists[0]:
         done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    return [p.name for p in migration_files() if int(p.name[:3]) not in done]
+    pending = [p.name for p in migration_files() if int(p.name[:3]) not in done]
+    return pending + (["functions/"] if _definitions_changed(conn) else [])

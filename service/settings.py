@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     message_queue_poll_interval: Duration = 0.1
     message_queue_max_job_attempts: int = 3
     #: Bound of one WhatsApp call; shorter than the heartbeat TTL so a hung call is never
-    #: mistaken for a dead worker (R5).
+    #: mistaken for a dead worker (I5).
     message_queue_job_timeout: Duration = 30.0
     message_queue_retention_period: Duration = 24 * 3600.0
     message_queue_min_jitter: Duration = 1.0

@@ -60,6 +60,15 @@ def database_url(admin_url: str, template_url: str) -> str:
 
 
 @pytest.fixture
+def empty_database(admin_url: str) -> str:
+    """A fresh database with nothing in it, not even the migrations."""
+    name = f"wmq_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(admin_url, dbname=name)
+
+
+@pytest.fixture
 def make_stack(database_url: str, tmp_path: Path) -> Iterator[Any]:
     """`make_stack(workers=1, threads=4, **env)` → a running Stack on this test's database."""
     stacks: list[Stack] = []

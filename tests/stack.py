@@ -5,12 +5,14 @@ Processes are real; only WhatsApp is simulated. Helpers wait on conditions with 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,8 +23,10 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from service.core import Coordinator
-from service.db import make_pool
+from service.core.context import Core
+from service.core.enqueue import enqueue
+from service.core.models import Enqueued, MessageRequest
+from service.db import make_async_pool, make_pool
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,13 +170,27 @@ class Stack:
         return {t: int(self.one(f"SELECT count(*) AS n FROM {t}")["n"]) for t in tables}
 
     @contextlib.contextmanager
-    def core(self) -> Iterator[Coordinator]:
-        """A Coordinator on this stack's database, as the API builds it, for direct calls."""
+    def core(self) -> Iterator[Core]:
+        """A Core on this stack's database, as the API builds it, for direct calls. Its async pool
+        lives on an event loop of its own thread; `enqueue` runs the core's enqueue there."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
         pool = make_pool(self.database_url, max_size=8, name="wmq-test")
+        async_pool = asyncio.run_coroutine_threadsafe(
+            make_async_pool(self.database_url, max_size=8, name="wmq-test"), loop).result()
+        self._loop = loop
         try:
-            yield Coordinator(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0))
+            yield Core(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0), async_pool)
         finally:
+            asyncio.run_coroutine_threadsafe(async_pool.close(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
             pool.close()
+
+    def enqueue(self, core: Core, instance_id: UUID, request: MessageRequest) -> Enqueued:
+        """`service.core.enqueue.enqueue`, from a test thread (inside `with stack.core()`)."""
+        return asyncio.run_coroutine_threadsafe(enqueue(core, instance_id, request), self._loop).result()
 
     # -- API --------------------------------------------------------------------------------------
 

@@ -124,12 +124,13 @@ def test_invalid_settings_are_refused_at_start(env: dict[str, str], complaint: s
 
 
 def test_core_refuses_an_unknown_instance(stack: Stack) -> None:
-    from service.core.models import InstanceNotFound, MessageRequest
+    from service.core.errors import InstanceNotFound
+    from service.core.models import MessageRequest
 
     before = stack.counts()
     with stack.core() as core, pytest.raises(InstanceNotFound):
-        core.enqueue_message(uuid.uuid4(), MessageRequest(phone="5511999999999", message_type="text",
-                                                          payload={"message": "x"}))
+        stack.enqueue(core, uuid.uuid4(), MessageRequest(phone="5511999999999", message_type="text",
+                                                         payload={"message": "x"}))
     assert stack.counts() == before
 
 

@@ -88,13 +88,39 @@ def test_two_maintenance_loops_rescue_once(make_stack: Any) -> None:
 
 
 def test_slow_live_worker_is_never_rescued(make_stack: Any) -> None:
-    stack: Stack = make_stack(MESSAGE_QUEUE_MAINTENANCE_INTERVAL="200ms")
+    """A live worker's message is never rescued, however long it has been in flight: only a dead
+    heartbeat counts. No one call may outlast the TTL (the job timeout is below it), but the
+    message was first claimed a `delayTyping` before its send, and the send is slow: while it is
+    being sent, it has been in flight (`started_at`) for longer than the TTL. A rescuer that went
+    by age instead of by heartbeat would take it from its worker and send it twice."""
+    ttl = 5.0
+    stack: Stack = make_stack(MESSAGE_QUEUE_HEARTBEAT_TTL=f"{ttl:g}s", MESSAGE_QUEUE_JOB_TIMEOUT="4s",
+                              MESSAGE_QUEUE_MAINTENANCE_INTERVAL="200ms")
     instance = stack.create_instance()
-    stack.simulate(instance, latencyMs=3500)
-    slow = stack.send_text(instance, "slow")["zaapId"]
-    stack.wait_completed([slow], timeout=30)
-    assert [e["to_status"] for e in stack.history(slow)] == ["scheduled", "sending", "completed"]
-    assert len(stack.sends(instance)) == 1
+    stack.simulate(instance, latencyMs=3500)  # slow, but within the job timeout
+    slow = stack.send_text(instance, "slow", delayTyping=int(ttl) + 1)["zaapId"]
+
+    def sending_for_longer_than_the_ttl() -> bool:
+        row = stack.one("SELECT status, extract(epoch FROM now() - started_at) AS age FROM messages"
+                        " WHERE zaap_id = %s", (slow,))
+        assert row["status"] in ("scheduled", "running", "typing", "sending"), row
+        # A second past the TTL: five maintenance rounds in which an age-keyed rescuer would act.
+        return row["status"] == "sending" and row["age"] > ttl + 1
+
+    wait_until(sending_for_longer_than_the_ttl, 30, "the message to be sending, in flight longer than the TTL",
+               interval=0.02)
+    assert stack.workers[0].poll() is None, "its worker is alive"
+
+    def sent() -> bool:
+        status = stack.job(slow)["status"]
+        assert status in ("sending", "completed"), f"taken from its live worker: {stack.history(slow)}"
+        return status == "completed"
+
+    wait_until(sent, 30, "the slow send to complete", interval=0.02)
+    assert [e["to_status"] for e in stack.history(slow)] == ["scheduled", "running", "typing", "sending", "completed"]
+    assert len({e["worker_id"] for e in stack.history(slow) if e["to_status"] in ("running", "sending")}) == 1
+    assert [s["zaap_id"] for s in stack.sends(instance)] == [slow]
+    assert stack.job(slow)["attempts"] == 1
 
 
 def test_nothing_is_lost_when_the_only_worker_is_killed_repeatedly(stack: Stack) -> None:

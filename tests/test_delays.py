@@ -93,7 +93,7 @@ def test_audio_shows_recording(stack: Stack) -> None:
     request = MessageRequest(phone="5511999999999", message_type="audio",
                              payload={"audio": "https://example.invalid/a.ogg"}, delay_typing_ms=100)
     with stack.core() as core:
-        zaap_id = core.enqueue_message(UUID(instance["id"]), request).zaap_id
+        zaap_id = stack.enqueue(core, UUID(instance["id"]), request).zaap_id
     stack.wait_completed([zaap_id], timeout=30)
     assert [e["presence"] for e in stack.events(instance)] == ["recording", None, "paused"]
 

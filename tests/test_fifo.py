@@ -1,4 +1,4 @@
-"""Promise 1: strict FIFO per instance, with one and with several worker processes (R3)."""
+"""Promise 1: strict FIFO per instance, with one and with several worker processes (I4)."""
 
 from __future__ import annotations
 

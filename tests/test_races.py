@@ -1,4 +1,4 @@
-"""R1: enqueue and completion of the previous head race on the instance lock; no message may be
+"""I1: enqueue and completion of the previous head race on the instance lock; no message may be
 left undispatched whichever commits first."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
-from service.core import Coordinator
+from service.core import reads
+from service.core.context import Core
 from service.core.models import MessageRequest
 from tests.stack import Stack
 
@@ -17,7 +18,7 @@ ROUNDS = 120
 INSTANCES = 4
 
 
-def race(core: Coordinator, stack: Stack, instance: dict[str, Any], seed: int) -> list[str]:
+def race(core: Core, stack: Stack, instance: dict[str, Any], seed: int) -> list[str]:
     """Enqueue each message right as the previous one is being sent or completing."""
     rng = random.Random(seed)
     instance_id = UUID(instance["id"])
@@ -27,11 +28,11 @@ def race(core: Coordinator, stack: Stack, instance: dict[str, Any], seed: int) -
         if accepted and rng.random() < 0.5:
             # Wait for the previous head to reach the send, then enqueue into its completion.
             deadline = time.monotonic() + 10
-            while core.get_job_by_zaap_id(accepted[-1]).status not in ("sending", "completed"):
+            while reads.message(core, accepted[-1]).status not in ("sending", "completed"):
                 assert time.monotonic() < deadline, "previous message never reached the send"
         else:
             time.sleep(rng.uniform(0, 0.02))
-        accepted.append(core.enqueue_message(instance_id, request).zaap_id)
+        accepted.append(stack.enqueue(core, instance_id, request).zaap_id)
     return accepted
 
 

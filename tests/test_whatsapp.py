@@ -4,16 +4,19 @@ subprocess (tests/whatsapp_checks.py, or real worker processes): a Go panic must
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.core import maintenance
 from tests.stack import ROOT, Stack, wait_until
 
 
@@ -133,8 +136,9 @@ def test_a_dead_session_holder_leaves_no_instance_connected(make_stack: Any) -> 
               " WHERE id = %s RETURNING id", (real["id"],))
     status = stack.http.get(f"{stack.base(real)}/status").json()
     assert (status["connected"], status["error"]) == (False, "no worker holds the session")
-    with stack.core() as core:
-        released = core.release_dead_sessions()
+    with stack.core() as core, core.pool.connection() as conn, conn.transaction():
+        assert maintenance.try_lead(conn)
+        released = maintenance.release_dead_sessions(core, conn)
     assert released == [{"id": uuid.UUID(real["id"])}]
     row = stack.one("SELECT connection_state, connection_detail, owner_worker_id FROM instances WHERE id = %s",
                     (real["id"],))
@@ -142,16 +146,36 @@ def test_a_dead_session_holder_leaves_no_instance_connected(make_stack: Any) -> 
                    "owner_worker_id": None}
 
 
-def test_simulator_instances_disconnect_and_restart_over_http(stack: Stack) -> None:
+def test_simulator_instances_disconnect_and_restart_over_http(make_stack: Any) -> None:
+    """`POST …/disconnect` takes the simulated instance offline: its message waits, re-checked
+    and put back each time with nothing sent, until `POST …/restart` brings it online."""
+    # A short re-check, so that the wait is seen to last over several checks.
+    stack: Stack = make_stack(MESSAGE_QUEUE_DISCONNECT_RETRY_DELAY="200ms")
     instance = stack.create_instance()
     base = stack.base(instance)
     assert stack.http.get(f"{base}/status").json()["connected"] is True
-    stack.http.post(f"{base}/disconnect")
+    assert stack.http.post(f"{base}/disconnect").status_code == 200
     status = stack.http.get(f"{base}/status").json()
     assert (status["connected"], status["state"]) == (False, "disconnected")
     held = stack.send_text(instance, "after the restart")["zaapId"]
-    stack.http.post(f"{base}/restart")
+
+    def three_checks() -> list[dict[str, Any]] | None:
+        assert stack.sends(instance) == [], "sent while the instance was disconnected"
+        history = stack.history(held)
+        assert {e["to_status"] for e in history} <= {"scheduled", "sending"}, history
+        put_back = [e for e in history if (e["from_status"], e["to_status"]) == ("sending", "scheduled")]
+        return put_back if len(put_back) >= 3 else None
+
+    checks = wait_until(three_checks, 30, "three checks while disconnected")
+    assert all(e["detail"] == "disconnected: simulated instance is disconnected" for e in checks), checks
+    assert (checks[-1]["at"] - checks[0]["at"]).total_seconds() >= 0.4, "re-checked after the retry delay"
+    assert stack.events(instance) == [], "the simulator saw nothing before the restart"
+
+    assert stack.http.post(f"{base}/restart").status_code == 200
+    assert stack.http.get(f"{base}/status").json()["connected"] is True
     stack.wait_completed([held], timeout=30)
+    assert [s["zaap_id"] for s in stack.sends(instance)] == [held]
+    assert stack.job(held)["attempts"] == 1, "a check while disconnected is no attempt"
 
 
 def test_minimum_send_interval_spaces_an_instance_sends(make_stack: Any) -> None:
@@ -165,31 +189,79 @@ def test_minimum_send_interval_spaces_an_instance_sends(make_stack: Any) -> None
 
 
 def test_one_worker_holds_the_sessions_and_another_takes_over_when_it_dies(make_stack: Any) -> None:
-    stack: Stack = make_stack(workers=2)
+    """A real-WhatsApp instance's messages go to the worker holding the sessions, and to it only;
+    when it dies, another worker takes the sessions over and with them the waiting message.
+    No WhatsApp server is reachable, so every claim ends in a snooze (the session is not
+    connected): the claims' worker ids say who processed the message."""
+    # Three workers, so that after the holder dies one survivor holds the sessions and one does
+    # not; a short re-check, so that the message is claimed again and again.
+    stack: Stack = make_stack(workers=3, MESSAGE_QUEUE_DISCONNECT_RETRY_DELAY="300ms")
     real = stack.create_instance(transport="neonize")
 
     def holder() -> str | None:
         row = stack.one("SELECT owner_worker_id FROM instances WHERE id = %s", (real["id"],))
         return str(row["owner_worker_id"]) if row["owner_worker_id"] else None
 
+    def claims(waiting: str, by: Callable[[str], bool]) -> list[dict[str, Any]] | None:
+        """Three claims (or more) of `waiting` by workers that `by` accepts, once there are."""
+        history = stack.history(waiting)
+        # A worker without the sessions that claimed it would have snoozed it with this reason.
+        strays = [e for e in history if "does not hold the session" in (e["detail"] or "")]
+        assert not strays, f"a worker not holding the sessions processed the message: {strays}"
+        claimed = [e for e in history if e["to_status"] == "sending" and by(str(e["worker_id"]))]
+        return claimed if len(claimed) >= 3 else None
+
     first = wait_until(holder, 60, "a worker to take the session")
     waiting = stack.send_text(real, "routed to the holder")["zaapId"]
-    wait_until(lambda: any("disconnected" in (e["detail"] or "") for e in stack.history(waiting)), 60, "a snooze")
-    claimers = {str(e["worker_id"]) for e in stack.history(waiting) if e["to_status"] == "sending"}
-    assert claimers == {first}, "only the worker holding the session may claim its messages"
+    before = wait_until(lambda: claims(waiting, lambda worker: True), 60, "three claims by the holder")
+    assert {str(e["worker_id"]) for e in before} == {first}, "only the worker holding the session may claim"
+    assert all("disconnected" in (e["detail"] or "") for e in stack.history(waiting)
+               if e["from_status"] == "sending"), stack.history(waiting)
     assert stack.one("SELECT queue_name FROM dramatiq.queue q JOIN messages m ON m.dispatch_id = q.message_id"
                      " WHERE m.zaap_id = %s", (waiting,))["queue_name"] == "whatsapp-sessions"
 
     process = stack.worker_process(first)
     process.kill()
     process.wait(timeout=10)
-    wait_until(lambda: (h := holder()) is not None and h != first, 60, "the other worker to take over")
+    second = wait_until(lambda: (h := holder()) != first and h, 60, "another worker to take the sessions over")
+    assert stack.worker_process(second).poll() is None
+    # Claims by anyone but the dead holder happen after its death: all by the new holder.
+    after = wait_until(lambda: claims(waiting, lambda worker: worker != first), 60,
+                       "the waiting message to be claimed after the holder died")
+    assert {str(e["worker_id"]) for e in after} == {second}, "only the new holder may claim the message"
+    assert stack.job(waiting)["status"] in ("scheduled", "sending", "retryable"), "still waiting to be sent"
+
     simulated = stack.create_instance()
     flowing = stack.send_text(simulated, "still flowing")["zaapId"]
     stack.wait_completed([flowing], timeout=30)
 
 
-def test_smoke_script_explains_itself() -> None:
-    result = subprocess.run([sys.executable, "scripts/smoke_whatsapp.py", "--help"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0 and "Linked devices" in result.stdout
+def test_smoke_script_explains_itself(tmp_path: Path) -> None:
+    """The real-phone smoke script says how to use it, and its --dry-run runs its own flow with
+    no phone and no network: its samples through the transport's builders and its send loop,
+    with a stand-in for the media upload. A builder, a sample or an import gone stale fails here."""
+    script = [sys.executable, "scripts/smoke_whatsapp.py"]
+    # The script imports the product from this checkout (not whichever one is installed).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    usage = subprocess.run([*script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "Linked devices" in usage.stdout and "--dry-run" in usage.stdout
+
+    voice, clip = b"OggS\0\2" + bytes(58), b"\0\0\0\x18ftypmp42" + bytes(36)
+    (tmp_path / "a.ogg").write_bytes(voice)
+    (tmp_path / "v.mp4").write_bytes(clip)
+    store = tmp_path / "smoke.sqlite3"
+    result = subprocess.run([*script, "5511999999999", "--dry-run", "--store", str(store),
+                             "--audio", str(tmp_path / "a.ogg"), "--video", str(tmp_path / "v.mp4")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-4000:]}"
+    assert "9 messages for 5511999999999@s.whatsapp.net" in result.stdout
+    built = dict(re.findall(r"^(\S+) +built (\w+) \(\d+ bytes\), not sent$", result.stdout, re.MULTILINE))
+    assert built == {
+        "text": "conversation", "image": "imageMessage", "document": "documentMessage",
+        "location": "locationMessage", "contact": "contactMessage", "button-list": "buttonsMessage",
+        "option-list": "listMessage", "audio": "audioMessage", "video": "videoMessage",
+    }, result.stdout
+    uploads = re.findall(r"upload of (\d+) bytes as (\w+) \(stand-in\)", result.stdout)
+    assert [kind for _, kind in uploads] == ["MediaImage", "MediaDocument", "MediaAudio", "MediaVideo"]
+    assert uploads[2:] == [(str(len(voice)), "MediaAudio"), (str(len(clip)), "MediaVideo")]
+    assert not store.exists(), "a dry run pairs nothing and stores no session"

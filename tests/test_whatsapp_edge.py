@@ -5,20 +5,85 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from tests.stack import ROOT
 from workers.transports.base import InstanceDisconnected, PermanentSendError, RetryableSendError
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.media import fetch_media
 from workers.transports.neonize.store import store_url
 
+#: The modules that load neonize's Go library on import: the worker imports them only once a
+#: `neonize` instance exists, and the tests only in subprocesses.
+LOADS_GO = (
+    "tests.whatsapp_checks",
+    "workers.transports.neonize.messages",
+    "workers.transports.neonize.sessions",
+    "workers.transports.neonize.transport",
+)
+
+#: Run in a fresh interpreter: collect the whole suite as pytest does (every test module, conftest
+#: and what they import), then import every module of service/ and workers/ but LOADS_GO (what
+#: the tests reach at run time, such as the core's lazy imports), then the modules named on the
+#: command line. A tripwire on the import system records the import chain that loads neonize.
+GO_PROBE = r"""
+import importlib, json, pkgutil, sys, traceback
+
+LOADS_GO = set(json.loads(sys.argv[1]))
+chains = []
+
+class Tripwire:
+    def find_spec(self, name, path=None, target=None):
+        if name == "neonize" and not chains:
+            stack = [f for f in traceback.extract_stack() if not f.filename.startswith("<frozen")]
+            chains.append("".join(traceback.format_list(stack[-12:])))
+        return None
+
+def tripped(by):
+    if chains:
+        print(f"GO LOADED by {by}:\n{chains[0]}")
+        sys.exit(1)
+
+sys.meta_path.insert(0, Tripwire())
+import pytest
+code = pytest.main(["--collect-only", "-qq", "-p", "no:cacheprovider", "tests"])
+assert code == 0, f"collecting the suite failed: {code}"
+tripped("collecting the suite")
+import service, workers
+names = [m.name for package in (service, workers)
+         for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".") if m.name not in LOADS_GO]
+for name in names + sys.argv[2:]:
+    importlib.import_module(name)
+    tripped(f"importing {name}")
+assert "neonize" not in sys.modules
+print(f"no Go library after collecting the suite and importing {len(names)} modules")
+"""
+
+
+def go_probe(*also: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", GO_PROBE, json.dumps(LOADS_GO), *also], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
 
 def test_the_go_library_stays_out_of_the_test_process() -> None:
-    """A Go panic would kill pytest: nothing imported here may load neonize."""
+    """A Go panic would kill pytest: nothing that pytest imports for the suite, nor any module the
+    tests may reach at run time, may load neonize. Checked in a fresh interpreter, so the answer
+    does not depend on which tests were collected or ran before this one."""
+    clean = go_probe()
+    assert clean.returncode == 0, f"{clean.stdout[-6000:]}\n{clean.stderr[-4000:]}"
+    assert "no Go library after collecting the suite" in clean.stdout
+    # The probe does see the Go library when a module loads it, and says through which import.
+    loaded = go_probe("workers.transports.neonize.messages")
+    assert loaded.returncode == 1, f"{loaded.stdout[-6000:]}\n{loaded.stderr[-4000:]}"
+    assert "GO LOADED by importing workers.transports.neonize.messages" in loaded.stdout
+    assert 'workers/transports/neonize/messages.py", line' in loaded.stdout
+    # And, for what it is worth, this process so far.
     assert "neonize" not in sys.modules
 
 

@@ -120,7 +120,8 @@ def push(client: Any, event: Proto) -> None:
 
 
 def session_events() -> None:
-    from service.core import Coordinator
+    from service.core import Core, instances
+    from service.core.sessions import SessionHost
     from service.db import fetch_one, make_pool
     from service.settings import Settings
     from workers.transports.neonize.sessions import Session
@@ -129,14 +130,14 @@ def session_events() -> None:
 
     database_url = os.environ["DATABASE_URL"]
     pool = make_pool(database_url, max_size=4)
-    coordinator = Coordinator(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0))
-    instance = coordinator.add_instance_queue(transport="neonize")
-    worker_id = uuid.uuid4()
+    core = Core(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0))
+    instance = instances.create(core, transport="neonize")
+    host = SessionHost(core, database_url, uuid.uuid4())
     seen: list[str] = []
 
     def listener(instance_id: uuid.UUID, state: str, detail: str | None, extra: dict[str, Any]) -> None:
         seen.append(state)
-        coordinator.record_whatsapp_state(instance_id, state, detail, worker_id, **extra)
+        host.record(instance_id, state, detail, **extra)
 
     def row() -> dict[str, Any]:
         found = fetch_one(pool, "SELECT * FROM instances WHERE id = %(id)s", {"id": instance.id})

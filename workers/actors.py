@@ -1,24 +1,27 @@
-"""The delivery actor: phase 1 shows "typing…", phase 2 sends (DESIGN.md §3.4–3.6).
+"""The delivery actor: a `typing` claim shows "typing…", a `send` claim sends.
 
 No thread sleeps through a delay: `delayMessage` waits in the broker (`available_at`), and
 `delayTyping` is a second dispatch due when the typing should end. The actor never raises: every
-outcome is recorded by the core, which dispatches whatever comes next.
+outcome is recorded by the core (service/core/transitions.py), which dispatches whatever comes
+next.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 from uuid import UUID
 
 import dramatiq
 
-from service.core import Coordinator
-from service.core.models import DELIVER_ACTOR, PRESENCE_ACTOR, Job
-from service.settings import Settings
+from service.core import transitions
+from service.core.context import Core
+from service.core.message_types import presence_for
+from service.core.models import Claimed
+from service.core.routing import DELIVER_ACTOR, PRESENCE_ACTOR
 from workers.bookkeeping import persist
-from workers.ordering import current_job, settle
+from workers.broker import SETTLED, Settled
+from workers.ordering import current_claim
 from workers.transports import (
     InstanceDisconnected,
     OutgoingMessage,
@@ -35,99 +38,87 @@ logger = logging.getLogger("wmq.deliver")
 RECORD_RETRY_SECONDS = 120.0
 
 
-def presence_for(message_type: str) -> Presence:
-    return "recording" if message_type == "audio" else "composing"
-
-
-def log_context(job: Job) -> dict[str, Any]:
-    return {"zaap_id": job.zaap_id, "instance_id": str(job.instance_id), "sequence": job.sequence}
-
-
 class Deliverer:
     """The body of the `deliver` actor, bound to one worker process's core and transport."""
 
-    def __init__(self, coordinator: Coordinator, transport: Transport, settings: Settings,
-                 worker_id: UUID) -> None:
-        self.coordinator = coordinator
+    def __init__(self, core: Core, transport: Transport, worker_id: UUID) -> None:
+        self.core = core
         self.transport = transport
-        self.settings = settings
+        self.settings = core.settings
         self.worker_id = worker_id
 
-    def __call__(self, zaap_id: str, phase: int) -> None:
+    def __call__(self, zaap_id: str, phase: int) -> Settled | None:
         try:
-            job = current_job()
+            claim = current_claim()
         except RuntimeError:
             logger.error("deliver ran without a claim (is the ordering middleware installed?)",
                          extra={"zaap_id": zaap_id})
-            return
+            return None
         try:
-            self._deliver(job)
+            return self._deliver(claim)
         except Exception:  # the actor never raises: record the failure, keep the order
-            logger.exception("delivery failed unexpectedly", extra=log_context(job))
-            self._fail(job, "internal error", permanent=False)
+            logger.exception("delivery failed unexpectedly", extra=claim.log_context())
+            self._fail(claim, "internal error", permanent=False)
+            return None
 
-    def _deliver(self, job: Job) -> None:
-        ctx = log_context(job)
+    def _deliver(self, claim: Claimed) -> Settled | None:
+        ctx = claim.log_context()
         # No connectivity check first: the transport raises InstanceDisconnected when it cannot
         # send, before anything reaches WhatsApp, and the head is snoozed either way.
         try:
-            typing = job.delay_typing_ms > 0
-            if job.status == "running":  # claimed for the typing phase (the claim decides)
-                self.transport.send_presence(job.instance_id, job.phone, presence_for(job.message_type))
-                if self.coordinator.start_typing(job.zaap_id, self.worker_id):
-                    logger.info("typing", extra={**ctx, "delay_typing_ms": job.delay_typing_ms})
-                return
+            if claim.granted == "typing":
+                self.transport.send_presence(claim.instance_id, claim.phone, presence_for(claim.message_type))
+                if transitions.start_typing(self.core, claim.zaap_id, self.worker_id):
+                    logger.info("typing", extra={**ctx, "delay_typing_ms": claim.delay_typing_ms})
+                return None
             whatsapp_id = self.transport.send(OutgoingMessage(
-                zaap_id=job.zaap_id, instance_id=job.instance_id, phone=job.phone,
-                message_type=job.message_type, payload=job.payload,
+                zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
+                message_type=claim.message_type, payload=claim.payload,
             ))
         except InstanceDisconnected as error:
             delay = self.settings.message_queue_disconnect_retry_delay
             reason = f"disconnected: {error}"
-            persist("the snooze", lambda: self.coordinator.snooze(job.zaap_id, self.worker_id, delay, reason),
+            persist("the snooze", lambda: transitions.snooze(self.core, claim.zaap_id, self.worker_id, delay, reason),
                     ctx, time.monotonic() + RECORD_RETRY_SECONDS)
             logger.info("instance disconnected; head snoozed", extra={**ctx, "retry_in_s": delay})
-            return
+            return None
         except PermanentSendError as error:
-            self._fail(job, str(error), permanent=True)
-            return
+            self._fail(claim, str(error), permanent=True)
+            return None
         except UncertainSendError as error:
             resend = self.settings.message_queue_resend_uncertain
             detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
-            self._fail(job, f"uncertain: {error}; {detail}", permanent=not resend)
-            return
+            self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend)
+            return None
         except Exception as error:
-            self._fail(job, f"{type(error).__name__}: {error}", permanent=False)
-            return
+            self._fail(claim, f"{type(error).__name__}: {error}", permanent=False)
+            return None
 
-        if typing:
+        if claim.delay_typing_ms > 0:
             try:
-                self.transport.send_presence(job.instance_id, job.phone, "paused")
+                self.transport.send_presence(claim.instance_id, claim.phone, "paused")
             except Exception:
                 logger.warning("could not send paused presence", extra=ctx, exc_info=True)
-        self._complete(job, whatsapp_id)
+        return self._complete(claim, whatsapp_id)
 
-    def _complete(self, job: Job, whatsapp_id: str) -> None:
+    def _complete(self, claim: Claimed, whatsapp_id: str) -> Settled | None:
         """Record the send; on a database error retry the bookkeeping (for as long as this
         process lives: it alone knows the WhatsApp id), never the send."""
-        ctx = {**log_context(job), "whatsapp_message_id": whatsapp_id}
-        recorded = persist("the send", lambda: self.coordinator.complete(job.zaap_id, self.worker_id, whatsapp_id),
+        ctx = {**claim.log_context(), "whatsapp_message_id": whatsapp_id}
+        recorded = persist("the send",
+                           lambda: transitions.complete(self.core, claim.zaap_id, self.worker_id, whatsapp_id),
                            ctx, deadline=None)
-        if recorded:
-            settle()
-            logger.info("message sent", extra=ctx)
-        else:
+        if not recorded:
             logger.warning("message sent but no longer ours to complete", extra=ctx)
+            return None
+        logger.info("message sent", extra=ctx)
+        return SETTLED
 
-    def _fail(self, job: Job, error: str, *, permanent: bool) -> None:
-        settings = self.settings
-        backoff = min(
-            settings.message_queue_retry_min_backoff * 2 ** job.attempts,
-            settings.message_queue_retry_max_backoff,
-        )
-        ctx = log_context(job)
-        status = persist("the failure", lambda: self.coordinator.fail(
-            job.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff),
+    def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> None:
+        ctx = claim.log_context()
+        backoff = transitions.backoff(self.core, claim.attempts)
+        status = persist("the failure", lambda: transitions.fail(
+            self.core, claim.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff),
             ctx, time.monotonic() + RECORD_RETRY_SECONDS)
         logger.warning("send failed", extra={**ctx, "error": error, "status": status})
 

@@ -1,7 +1,8 @@
 """One worker process: a Dramatiq worker on the Postgres broker, stopped cleanly by a signal.
 
 Run with `wmq worker`. Threads (`MESSAGE_QUEUE_WORKER_THREADS`) serve that many instances at
-once; each instance still has at most one message in flight (R3).
+once; each instance still has at most one message in flight (I4). This module is the worker's
+composition root: the core, the broker, the transports and the maintenance tasks meet here.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from uuid import UUID
 
 import dramatiq
 
-from service.core import Coordinator
+from service.core import instances, routing
+from service.core.context import Core
+from service.core.sessions import SessionHost
 from service.db import make_pool
 from service.settings import Settings
 from workers.actors import Deliverer, PresenceSender, declare_actors
-from workers.broker import build_broker, sessions_queue
-from workers.maintenance import MaintenanceLoop
+from workers.broker import build_broker, hold_sessions
+from workers.maintenance import MaintenanceLoop, Task, core_tasks
 from workers.ordering import OrderingMiddleware
-from workers.transports import build_transport
+from workers.transports import TRANSPORTS, RoutingTransport, Wiring
 from workers.waker import DueTimeWaker
 
 logger = logging.getLogger("wmq.worker")
@@ -36,27 +39,30 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # Consumers hold two connections (queue and its delay queue) and the notifier one; each
     # thread needs one at a time, plus the transport's.
     pool = make_pool(database_url, max_size=2 * threads + 6, name="wmq-worker")
-    coordinator = Coordinator(pool, settings)
-    broker = build_broker(pool, settings, [OrderingMiddleware(coordinator)])
+    core = Core(pool, settings)
+    queues = routing.queues(core)
+    broker = build_broker(pool, settings, [OrderingMiddleware(core)], queues)
     dramatiq.set_broker(broker)
-    sessions = sessions_queue(settings)
+    worker_id = UUID(broker.worker_id)
 
-    def hold_sessions(owner: bool) -> None:
-        """Consume the sessions queue only while this worker holds the WhatsApp sessions."""
-        broker.set_prefetch(sessions, threads if owner else 0)
-
-    transport = build_transport(settings, pool, coordinator, database_url, UUID(broker.worker_id),
-                                on_ownership=hold_sessions)
-    deliverer = Deliverer(coordinator, transport, settings, UUID(broker.worker_id))
-    declare_actors(broker, deliverer, PresenceSender(transport), settings.message_queue_name)
-    broker.declare_queue(sessions)
-    maintenance = MaintenanceLoop(coordinator, settings.message_queue_maintenance_interval)
-    waker = DueTimeWaker(database_url, [settings.message_queue_name, sessions]) \
-        if settings.message_queue_due_wakeup else None
+    wiring = Wiring(
+        pool=pool, settings=settings, database_url=database_url, worker_id=worker_id,
+        sessions=SessionHost(core, database_url, worker_id),
+        on_ownership=lambda owner: hold_sessions(broker, queues, threads, owner),
+    )
+    transport = RoutingTransport(wiring, transport_of=lambda instance_id: instances.transport_of(core, instance_id))
+    declare_actors(broker, Deliverer(core, transport, worker_id), PresenceSender(transport),
+                   settings.message_queue_name)
+    tasks = core_tasks(core) + [
+        Task(f"{name} upkeep", lambda conn, upkeep=spec.maintenance: upkeep(conn, settings))
+        for name, spec in TRANSPORTS.items() if spec.maintenance
+    ]
+    maintenance = MaintenanceLoop(pool, tasks, settings.message_queue_maintenance_interval)
+    waker = DueTimeWaker(database_url, [q.name for q in queues]) if settings.message_queue_due_wakeup else None
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
     # Claim no more than we can run: messages claimed ahead by a worker that dies wait out the
-    # heartbeat TTL (DESIGN.md §3, facts about dramatiq-postgres).
+    # heartbeat TTL (docs/architecture.md, facts about dramatiq-postgres).
     worker.queue_prefetch = threads
     worker.delay_prefetch = 1
 
@@ -88,7 +94,6 @@ def run_worker(settings: Settings, database_url: str) -> int:
     worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)
     transport.close()
     broker.close()
-    coordinator.stop()
     pool.close()
     logger.info("worker stopped", extra={"worker_id": broker.worker_id})
     return 0

@@ -1,8 +1,10 @@
-"""The ordering middleware: a broker message runs only if it is its instance's live dispatch.
+"""The ordering middleware: a broker message runs only if it is its message's live dispatch.
 
-Before the actor runs, the message is claimed with one atomic statement (rule R3). Zero rows
-means the broker message is stale (re-dispatched, cancelled, already done, or not the head):
-it is skipped, so per-instance order never depends on what the broker delivers.
+Before the actor runs, the message is claimed with one atomic statement (I4, sql `wmq_claim`).
+Zero rows means the broker message is stale (re-dispatched, cancelled, already done, or not the
+head): it is skipped, so per-instance order never depends on what the broker delivers. The
+claim, with the phase it granted, is this thread's current claim until the message is processed
+(`current_claim`, in the spirit of Dramatiq's `CurrentMessage`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from uuid import UUID
 import dramatiq
 from dramatiq.middleware import Middleware, SkipMessage
 
-from service.core import Coordinator
-from service.core.models import DELIVER_ACTOR, Job
+from service.core import transitions
+from service.core.context import Core
+from service.core.models import Claimed
+from service.core.routing import DELIVER_ACTOR
 from workers.bookkeeping import persist
-from workers.broker import SETTLED
 
 logger = logging.getLogger("wmq.ordering")
 
@@ -33,42 +36,35 @@ class StaleDispatch(SkipMessage):
     """The broker message is not the live dispatch of its message: skip it."""
 
 
-def current_job() -> Job:
-    """The message claimed for the broker message this thread is processing."""
-    job: Job | None = getattr(_current, "job", None)
-    if job is None:
+def current_claim() -> Claimed:
+    """The claim of the broker message this thread is processing."""
+    claimed: Claimed | None = getattr(_current, "claim", None)
+    if claimed is None:
         raise RuntimeError("no claimed message on this thread")
-    return job
-
-
-def settle() -> None:
-    """The core deleted this thread's broker message with the send (`wmq_complete`): the ack
-    that follows skips its statement."""
-    _current.settled = True
+    return claimed
 
 
 class OrderingMiddleware(Middleware):
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
+    def __init__(self, core: Core) -> None:
+        self.core = core
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        _current.settled = False
+        _current.claim = None
         if message.actor_name != DELIVER_ACTOR:
             return  # a presence carries no message: nothing to claim
         zaap_id = message.args[0]
         worker_id = UUID(broker.worker_id)  # type: ignore[attr-defined]
-        job = persist("the claim", lambda: self.coordinator.claim(zaap_id, UUID(message.message_id), worker_id),
-                      {"zaap_id": zaap_id}, time.monotonic() + CLAIM_RETRY_SECONDS)
-        if job is None:
+        claimed = persist(
+            "the claim", lambda: transitions.claim(self.core, zaap_id, UUID(message.message_id), worker_id),
+            {"zaap_id": zaap_id}, time.monotonic() + CLAIM_RETRY_SECONDS)
+        if claimed is None:
             logger.debug("stale dispatch skipped", extra={"zaap_id": zaap_id})
             raise StaleDispatch()
-        _current.job = job
+        _current.claim = claimed
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message,
                               *, result: object = None, exception: BaseException | None = None) -> None:
-        if getattr(_current, "settled", False):
-            setattr(message, SETTLED, True)
-        _current.job = None
+        _current.claim = None
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        _current.job = None
+        _current.claim = None

@@ -17,12 +17,10 @@ from typing import Any
 
 import psycopg
 
+from workers.broker import LISTEN_DUE, NEXT_DUE, WAKE_QUEUE
+
 logger = logging.getLogger("wmq.waker")
 
-NEXT_DUE = """
-    SELECT EXTRACT(EPOCH FROM min(available_at) - clock_timestamp()) AS wait
-      FROM dramatiq.queue WHERE queue_name = %s AND state = 'queued' AND available_at > clock_timestamp()
-"""
 #: Longest sleep between two looks, whatever happens (a lost NOTIFY, a reconnection).
 MAX_SLEEP = 5.0
 
@@ -38,7 +36,7 @@ class DueTimeWaker(threading.Thread):
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.database_url, autocommit=True) as conn:
-                    conn.execute("LISTEN \"wmq.due\"")
+                    conn.execute(LISTEN_DUE)
                     self._loop(conn)
             except Exception:
                 logger.warning("due-time waker reconnecting", exc_info=True)
@@ -56,7 +54,7 @@ class DueTimeWaker(threading.Thread):
             elapsed = time.monotonic() - started
             for queue, wait in waits.items():
                 if wait <= elapsed + 0.001:
-                    conn.execute("SELECT pg_notify(%s, '')", (f"dramatiq.{queue}.enqueue",))
+                    conn.execute(WAKE_QUEUE, (queue,))
 
     @staticmethod
     def _next_due(conn: psycopg.Connection[Any], queue: str) -> float | None:

@@ -5,24 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.api import endpoints as e
-from service.api.schemas import ValidationError
-from service.core import Coordinator
-from service.core.models import (
-    CancelRefused,
-    CoreError,
-    DueTimeTooFar,
-    InstanceNotFound,
-    JobNotFound,
-    SessionCommandFailed,
-)
+from service.api.auth import InstanceCache
+from service.api.errors import HANDLERS
+from service.core.context import Core
+from service.core.message_types import TYPES
 from service.db import make_async_pool, make_pool
 from service.settings import Settings
 
@@ -38,7 +30,8 @@ def routes(settings: Settings) -> list[Route]:
         Route("/instances", e.create_instance, methods=["POST"]),
         Route("/instances", e.list_instances, methods=["GET"]),
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),
-        Route(f"{INSTANCE}/send-text", e.send_text, methods=["POST"]),
+        # One send route per message type that has one (service/core/message_types.py).
+        *(Route(f"{INSTANCE}/{t.route}", e.send_route(t), methods=["POST"]) for t in TYPES.values() if t.route),
         Route(f"{INSTANCE}/queue", e.list_queue, methods=["GET"]),
         Route(f"{INSTANCE}/queue", e.cancel_queue, methods=["DELETE"]),
         Route(f"{INSTANCE}/queue/stats", e.queue_stats, methods=["GET"]),
@@ -61,55 +54,23 @@ def routes(settings: Settings) -> list[Route]:
     return table
 
 
-def error(status: int, message: str, field: str) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+def create_app(settings: Settings, database_url: str, *, simulator: Any) -> Starlette:
+    """The API. `simulator` is the simulator transport's control surface (configure, state,
+    events: workers/transports/simulator.py `SimulatorControl`), wired by the caller so the API
+    imports no transport."""
 
-
-async def on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ValidationError)
-    return error(exc.status, str(exc), exc.field)
-
-
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    """Unknown route or method: JSON like every other error."""
-    assert isinstance(exc, HTTPException)
-    return error(exc.status_code, str(exc.detail), "path" if exc.status_code == 404 else "method")
-
-
-async def on_core_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CoreError)
-    if isinstance(exc, (InstanceNotFound, JobNotFound)):
-        status = 404
-    elif isinstance(exc, (CancelRefused, SessionCommandFailed)):
-        status = 409
-    elif isinstance(exc, DueTimeTooFar):
-        status = 400
-    else:
-        status = 401
-    return error(status, str(exc), exc.field)
-
-
-def create_app(settings: Settings, database_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = make_pool(database_url, max_size=20, name="wmq-api")
         async_pool = await make_async_pool(database_url, max_size=20, name="wmq-api")
-        app.state.coordinator = Coordinator(pool, settings, async_pool)
+        app.state.core = Core(pool, settings, async_pool)
         app.state.settings = settings
-        app.state.instances = e.InstanceCache()
+        app.state.instances = InstanceCache()
+        app.state.simulator = simulator(pool)
         try:
             yield
         finally:
-            app.state.coordinator.stop()
             await async_pool.close()
             pool.close()
 
-    return Starlette(
-        routes=routes(settings),
-        lifespan=lifespan,
-        exception_handlers={
-            ValidationError: on_validation_error,
-            CoreError: on_core_error,
-            HTTPException: on_http_error,
-        },
-    )
+    return Starlette(routes=routes(settings), lifespan=lifespan, exception_handlers=HANDLERS)

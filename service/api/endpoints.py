@@ -1,15 +1,13 @@
 """The HTTP endpoints: plain async functions that validate, call the core, and shape JSON.
 
 The core is synchronous (it is shared with the worker threads); calls to it run in Starlette's
-thread pool.
+thread pool, except the send path's, which runs on the event loop (`enqueue`).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import secrets
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -20,17 +18,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api import schemas
+from service.api.auth import authenticated, instance_id_from, require_admin
 from service.api.schemas import ValidationError
-from service.core import Coordinator
-from service.core.coordinator import check_credentials
-from service.core.models import Instance, Job, MessageRequest
+from service.core import control, enqueue, instances, reads, sessions
+from service.core.context import Core
+from service.core.message_types import MessageType
+from service.core.models import Instance, Job
 from service.db import pending_migrations
 
 T = TypeVar("T")
 
 
-def core(request: Request) -> Coordinator:
-    return request.app.state.coordinator  # type: ignore[no-any-return]
+def core(request: Request) -> Core:
+    return request.app.state.core  # type: ignore[no-any-return]
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -39,54 +39,6 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def instance_id_from(request: Request) -> UUID:
-    try:
-        return UUID(request.path_params["instance"])
-    except ValueError:
-        raise ValidationError("instance", "instance id must be a UUID", status=404) from None
-
-
-class InstanceCache:
-    """Instances by id for a few seconds, so the hot send path authenticates without a query.
-
-    Only the credentials are trusted from it: a removed instance is still refused (its enqueue
-    finds no queue: 404), and every other route reads the instance afresh."""
-
-    def __init__(self, ttl: float = 5.0) -> None:
-        self.ttl = ttl
-        self.entries: dict[UUID, tuple[float, Instance]] = {}
-
-    def get(self, instance_id: UUID) -> Instance | None:
-        entry = self.entries.get(instance_id)
-        if entry is None or entry[0] < time.monotonic():
-            self.entries.pop(instance_id, None)
-            return None
-        return entry[1]
-
-    def put(self, instance: Instance) -> None:
-        if len(self.entries) > 100_000:
-            self.entries.clear()
-        self.entries[instance.id] = (time.monotonic() + self.ttl, instance)
-
-
-async def authenticated(request: Request, *, cached: bool = False) -> Instance:
-    """The instance named in the path, if its token (and Client-Token header) match."""
-    instance_id = instance_id_from(request)
-    cache: InstanceCache = request.app.state.instances
-    instance = cache.get(instance_id) if cached else None
-    if instance is None:
-        instance = await core(request).get_instance_async(instance_id)
-        cache.put(instance)
-    return check_credentials(instance, request.path_params["token"], request.headers.get("client-token"))
-
-
-def require_admin(request: Request) -> None:
-    expected = request.app.state.settings.admin_token
-    given = request.headers.get("authorization", "")
-    if not expected or not secrets.compare_digest(given, f"Bearer {expected}"):
-        raise ValidationError("Authorization", "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'", status=401)
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -162,35 +114,33 @@ async def create_instance(request: Request) -> Response:
     name = schemas.optional_text(data, "name") or ""
     client_token = schemas.optional_text(data, "clientToken")
     transport = schemas.optional_text(data, "transport")
-    if transport not in (None, "simulator", "neonize"):
-        raise ValidationError("transport", "transport must be 'simulator' or 'neonize'")
-    instance = await call(core(request).add_instance_queue, name=name, client_token=client_token,
+    instance = await call(instances.create, core(request), name=name, client_token=client_token,
                           transport=transport)
     return JSONResponse(instance_json(instance, with_token=True), status_code=201)
 
 
 async def list_instances(request: Request) -> Response:
     require_admin(request)
-    instances = await call(core(request).list_instances)
-    return JSONResponse([instance_json(i) for i in instances])
+    found = await call(instances.list_all, core(request))
+    return JSONResponse([instance_json(i) for i in found])
 
 
 async def delete_instance(request: Request) -> Response:
     require_admin(request)
-    await call(core(request).remove_instance_queue, instance_id_from(request))
+    await call(instances.remove, core(request), instance_id_from(request))
     return Response(status_code=204)
 
 
 # -- sending ----------------------------------------------------------------------------------
 
 
-def send_route(parse: Callable[[dict[str, Any]], MessageRequest]) -> Callable[[Request], Any]:
-    """An endpoint that validates with `parse` and enqueues (one commit, then the answer)."""
+def send_route(message_type: MessageType) -> Callable[[Request], Any]:
+    """The send endpoint of one message type: validate, enqueue (one commit), then answer."""
 
     async def endpoint(request: Request) -> Response:
         instance = await authenticated(request, cached=True)
-        message = parse(schemas.parse_json_object(await request.body()))
-        enqueued = await core(request).enqueue_message_async(instance.id, message)
+        message = schemas.message(message_type, schemas.parse_json_object(await request.body()))
+        enqueued = await enqueue.enqueue(core(request), instance.id, message)
         return JSONResponse({
             "zaapId": enqueued.zaap_id,
             "messageId": enqueued.zaap_id,
@@ -200,10 +150,8 @@ def send_route(parse: Callable[[dict[str, Any]], MessageRequest]) -> Callable[[R
             "scheduledFor": iso(enqueued.scheduled_at),
         })
 
+    endpoint.__name__ = f"send_{message_type.name.replace('-', '_')}"
     return endpoint
-
-
-send_text = send_route(schemas.send_text)
 
 
 # -- the queue --------------------------------------------------------------------------------
@@ -213,7 +161,7 @@ async def list_queue(request: Request) -> Response:
     instance = await authenticated(request)
     limit, offset = schemas.page(request.query_params)
     status = request.query_params.get("status")
-    jobs, total = await call(core(request).list_queue_jobs, instance.id, limit, offset, status)
+    jobs, total = await call(reads.queue_page, core(request), instance.id, limit, offset, status)
     return JSONResponse({
         "total": total, "limit": limit, "offset": offset,
         "messages": [job_json(j) for j in jobs],
@@ -222,14 +170,14 @@ async def list_queue(request: Request) -> Response:
 
 async def queue_stats(request: Request) -> Response:
     instance = await authenticated(request)
-    stats = await call(core(request).get_queue_stats, instance.id)
+    stats = await call(reads.queue_stats, core(request), instance.id)
     return JSONResponse({k: (iso(v) if isinstance(v, datetime) else str(v) if isinstance(v, UUID) else v)
                          for k, v in stats.items()})
 
 
 async def get_queue_message(request: Request) -> Response:
     instance = await authenticated(request)
-    job = await call(core(request).get_job_by_zaap_id, request.path_params["zaap_id"], with_events=True)
+    job = await call(reads.message, core(request), request.path_params["zaap_id"], with_events=True)
     if job.instance_id != instance.id:
         raise ValidationError("zaapId", "message not found", status=404)
     data = job_json(job)
@@ -243,32 +191,47 @@ async def get_queue_message(request: Request) -> Response:
 async def cancel_queue_message(request: Request) -> Response:
     instance = await authenticated(request)
     zaap_id = request.path_params["zaap_id"]
-    job = await call(core(request).get_job_by_zaap_id, zaap_id)
+    job = await call(reads.message, core(request), zaap_id)
     if job.instance_id != instance.id:
         raise ValidationError("zaapId", "message not found", status=404)
-    previous = await call(core(request).cancel_job, zaap_id)
+    previous = await call(control.cancel, core(request), zaap_id)
     return JSONResponse({"zaapId": zaap_id, "status": "cancelled", "previousStatus": previous})
 
 
 async def cancel_queue(request: Request) -> Response:
     instance = await authenticated(request)
-    count = await call(core(request).cancel_all, instance.id)
+    count = await call(control.cancel_all, core(request), instance.id)
     return JSONResponse({"cancelled": count})
 
 
 async def pause_instance(request: Request) -> Response:
     instance = await authenticated(request)
-    await call(core(request).pause, instance.id)
+    await call(control.set_paused, core(request), instance.id, True)
     return JSONResponse({"paused": True})
 
 
 async def resume_instance(request: Request) -> Response:
     instance = await authenticated(request)
-    await call(core(request).resume, instance.id)
+    await call(control.set_paused, core(request), instance.id, False)
     return JSONResponse({"paused": False})
 
 
-# -- simulator control ------------------------------------------------------------------------
+# -- simulator control (mounted when the simulator is the default transport) -----------------
+
+
+def simulator(request: Request) -> Any:
+    """The simulator's control surface (workers/transports/simulator.py), given to create_app."""
+    return request.app.state.simulator
+
+
+async def simulator_switch(request: Request, instance_id: UUID, **knobs: Any) -> dict[str, Any]:
+    """Set the simulated instance's knobs; flipping `connected` is a connection event."""
+    await call(instances.get, core(request), instance_id)
+    state = await call(simulator(request).configure, instance_id, **knobs)
+    if knobs.get("connected") is not None:
+        await call(control.set_connection, core(request), instance_id,
+                   "connected" if knobs["connected"] else "disconnected", "simulator switch")
+    return state  # type: ignore[no-any-return]
 
 
 async def simulator_configure(request: Request) -> Response:
@@ -290,7 +253,7 @@ async def simulator_configure(request: Request) -> Response:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
                 raise ValidationError(field, f"{field} must be an integer from 0 to {maximum}")
             knobs[name] = value
-    state = await call(core(request).simulator_configure, instance_id, **knobs)
+    state = await simulator_switch(request, instance_id, **knobs)
     return JSONResponse({"connected": state["connected"], "failNext": state["fail_next"],
                          "failMode": state["fail_mode"], "latencyMs": state["latency_ms"]})
 
@@ -298,7 +261,7 @@ async def simulator_configure(request: Request) -> Response:
 async def simulator_events(request: Request) -> Response:
     require_admin(request)
     instance_id = instance_id_from(request)
-    events = await call(core(request).simulator_events, instance_id)
+    events = await call(simulator(request).events, instance_id)
     return JSONResponse([
         {
             "kind": e["kind"], "phone": e["phone"], "presence": e["presence"],
@@ -317,10 +280,10 @@ async def instance_status(request: Request) -> Response:
     """Z-API's status: is the instance connected, and if not, why."""
     instance = await authenticated(request)
     if instance.transport == "simulator":
-        connected = await call(core(request).simulator_connected, instance.id)
+        connected = bool((await call(simulator(request).state, instance.id))["connected"])
         state, detail = ("connected", None) if connected else ("disconnected", "simulator switched off")
     else:
-        status = await call(core(request).instance_status, instance.id)
+        status = await call(reads.connection, core(request), instance.id)
         state = status["connection_state"] if status["owner_alive"] else "disconnected"
         detail = status["connection_detail"] if status["owner_alive"] else "no worker holds the session"
         connected = state == "connected"
@@ -335,7 +298,7 @@ async def _pairing_instance(request: Request) -> tuple[Instance, dict[str, Any]]
     instance = await authenticated(request)
     if instance.transport != "neonize":
         raise ValidationError("instance", "simulator instances need no pairing", status=409)
-    return instance, await call(core(request).instance_status, instance.id)
+    return instance, await call(reads.connection, core(request), instance.id)
 
 
 async def _current_qr(request: Request) -> dict[str, Any]:
@@ -375,16 +338,16 @@ async def phone_code(request: Request) -> Response:
     phone = schemas.phone({"phone": request.path_params["phone"]})
     if not phone.isdigit():
         raise ValidationError("phone", "phone must be the instance's own number, digits with country code")
-    result = await call(core(request).run_session_command, instance.id, "pair_phone", {"phone": phone})
+    result = await call(sessions.ask, core(request), instance.id, "pair_phone", {"phone": phone})
     return JSONResponse({"code": result["code"]})
 
 
 async def _session_action(request: Request, command: str, simulator_connected: bool) -> Response:
     instance = await authenticated(request)
     if instance.transport == "simulator":
-        await call(core(request).simulator_configure, instance.id, connected=simulator_connected)
+        await simulator_switch(request, instance.id, connected=simulator_connected)
     else:
-        await call(core(request).run_session_command, instance.id, command)
+        await call(sessions.ask, core(request), instance.id, command)
     return JSONResponse({"value": True})
 
 

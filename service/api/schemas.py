@@ -11,6 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from service.core.message_types import Field, MessageType
 from service.core.models import MessageRequest
 
 #: delayTyping is a presence shown before one message: minutes at most make sense.
@@ -143,11 +144,30 @@ def common(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def send_text(data: dict[str, Any]) -> MessageRequest:
+def message(message_type: MessageType, data: dict[str, Any]) -> MessageRequest:
+    """A send route's body as a core request: the common fields and the type's own."""
     fields = common(data)
-    return MessageRequest(
-        message_type="text", payload={"message": non_empty_text(data, "message")}, **fields
-    )
+    payload = {f.name: content_field(data, f) for f in message_type.fields if data.get(f.name) is not None
+               or f.required}
+    return MessageRequest(message_type=message_type.name, payload=payload, **fields)
+
+
+def content_field(data: dict[str, Any], spec: Field) -> Any:
+    """One content field, checked by its kind (message_types.Field)."""
+    name, value = spec.name, data.get(spec.name)
+    if spec.kind in ("text", "media"):
+        return non_empty_text(data, name)
+    if spec.kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValidationError(name, f"{name} must be a number")
+        return value
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValidationError(name, f"{name} must be true or false")
+        return value
+    if not isinstance(value, dict):
+        raise ValidationError(name, f"{name} must be a JSON object")
+    return value
 
 
 def optional_text(data: dict[str, Any], name: str, max_length: int = 200) -> str | None:

@@ -1,5 +1,19 @@
-"""The queue core shared by the API and the workers (DESIGN.md §3)."""
+"""The queue core, shared by the API and the workers. It knows no HTTP, no actor, no transport.
 
-from service.core.coordinator import Coordinator
+One module per concept, each a few plain functions over a `Core` (the pool and the settings):
 
-__all__ = ["Coordinator"]
+- `instances`: create, read, list, remove instances (WhatsApp accounts) and their queues.
+- `enqueue`: accept one message (the send routes' one database call).
+- `reads`: what the API shows: one message with its history, a queue page, stats, status.
+- `control`: cancel, cancel all, pause, resume, connection changes.
+- `transitions`: what a worker does to a message: claim, typing, complete, fail, snooze.
+- `sessions`: what the process holding WhatsApp sessions records and is asked to do.
+- `maintenance`: the leader's tasks: rescue, orphaned heads, retention.
+- `routing`: which broker queues and actors a dispatch names.
+- `queries`: every SQL statement the Python side runs; the state machine itself is
+  `sql/functions/` (docs/architecture.md).
+"""
+
+from service.core.context import Core
+
+__all__ = ["Core"]

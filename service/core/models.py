@@ -1,16 +1,11 @@
-"""The core's vocabulary: what goes in, what comes out, and the errors it raises."""
+"""The core's vocabulary: what goes in and what comes out (errors: service/core/errors.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
-
-#: The broker actors dispatches name (workers/actors.py registers them under these names):
-#: `deliver` runs one phase of one message; `presence` only shows a presence (no message).
-DELIVER_ACTOR = "deliver"
-PRESENCE_ACTOR = "presence"
 
 #: The statuses users see for a message still in its queue (`available` is derived).
 PENDING_STATUSES = ("scheduled", "available", "retryable", "running", "typing", "sending")
@@ -55,6 +50,29 @@ class Instance:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A message a worker has claimed (sql `wmq_claim`), with what the claim granted: `typing`
+    (show the presence, then come back after delayTyping) or `send` (the WhatsApp call)."""
+
+    granted: Literal["typing", "send"]
+    zaap_id: str
+    instance_id: UUID
+    sequence: int
+    message_type: str
+    phone: str
+    payload: dict[str, Any]
+    delay_typing_ms: int
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Claimed:
+        return cls(**row)
+
+    def log_context(self) -> dict[str, Any]:
+        return {"zaap_id": self.zaap_id, "instance_id": str(self.instance_id), "sequence": self.sequence}
+
+
 @dataclass
 class Job:
     """A message as stored, with its derived status (`available`) and queue position."""
@@ -86,47 +104,3 @@ class Job:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__ if f in row})
-
-
-class CoreError(Exception):
-    """Base of the errors the API maps to 4xx answers."""
-
-    field: str = ""
-
-
-class InstanceNotFound(CoreError):
-    field = "instance"
-
-
-class InvalidToken(CoreError):
-    field = "token"
-
-
-class InvalidClientToken(CoreError):
-    field = "Client-Token"
-
-
-class DueTimeTooFar(CoreError):
-    """The delays chain past what a timestamp can hold (more than 100 years away)."""
-
-    field = "delayMessage"
-
-
-class SessionCommandFailed(CoreError):
-    """The WhatsApp session could not do what was asked (or no worker holds it)."""
-
-    field = "instance"
-
-
-class JobNotFound(CoreError):
-    field = "zaapId"
-
-
-class CancelRefused(CoreError):
-    """The message is being sent, or already finished: it can no longer be cancelled."""
-
-    field = "zaapId"
-
-    def __init__(self, status: str) -> None:
-        super().__init__(f"message is {status} and can no longer be cancelled")
-        self.status = status

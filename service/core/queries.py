@@ -1,7 +1,9 @@
 """Every SQL statement the service runs, in one place.
 
-The state machine itself lives in `sql/003_queue_functions.sql`; these statements call it and
-read the tables. Parameters are named (`%(name)s`).
+The state machine itself is `sql/functions/`; these statements call it and read the tables.
+Parameters are named (`%(name)s`). The broker's own statements are in workers/broker.py; a
+transport's tables (the simulator's record, the WhatsApp session store) are queried by that
+transport's module alone.
 """
 
 from service.core.models import PENDING_STATUSES
@@ -32,6 +34,8 @@ INSERT_INSTANCE = """
 
 GET_INSTANCE = "SELECT * FROM instances WHERE id = %(id)s"
 
+TRANSPORT_OF = "SELECT transport FROM instances WHERE id = %(id)s"
+
 LIST_INSTANCES = "SELECT * FROM instances ORDER BY created_at, id"
 
 # Removing an instance withdraws its queued broker messages; its rows go by cascade.
@@ -39,7 +43,7 @@ DELETE_INSTANCE = "SELECT wmq_remove_instance(%(id)s) AS ok"
 
 SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS ok"
 
-# --- enqueue and the worker's transitions (sql/003_queue_functions.sql) ----------------------
+# --- enqueue and the worker's transitions (sql/functions/30_dispatch.sql, 40_transitions.sql) --
 
 ENQUEUE = """
     SELECT * FROM wmq_enqueue(
@@ -74,7 +78,7 @@ SET_CONNECTION = """
     SELECT wmq_set_connection(%(instance_id)s, %(state)s, %(detail)s, %(queue)s, %(actor)s) AS ok
 """
 
-# --- WhatsApp sessions (workers/transports/neonize/) -----------------------------------------
+# --- WhatsApp sessions (service/core/sessions.py) ---------------------------------------------
 
 RECORD_WHATSAPP = """
     UPDATE instances
@@ -83,6 +87,7 @@ RECORD_WHATSAPP = """
            whatsapp_jid = CASE WHEN %(has_jid)s THEN %(jid)s ELSE whatsapp_jid END,
            owner_worker_id = %(worker_id)s
      WHERE id = %(instance_id)s
+    RETURNING id
 """
 
 INSERT_COMMAND = """
@@ -92,7 +97,22 @@ INSERT_COMMAND = """
 
 COMMAND_RESULT = "SELECT done_at, result, error FROM instance_commands WHERE id = %(id)s"
 
-CANCEL_COMMAND = "DELETE FROM instance_commands WHERE id = %(id)s AND done_at IS NULL"
+CANCEL_COMMAND = "DELETE FROM instance_commands WHERE id = %(id)s AND done_at IS NULL RETURNING id"
+
+#: One process holds every WhatsApp session: the one holding this session-level lock.
+SESSIONS_LOCK = "SELECT pg_try_advisory_lock(hashtext('wmq.whatsapp-sessions'))"
+
+SESSION_INSTANCES = "SELECT id, whatsapp_jid FROM instances WHERE transport = %(transport)s"
+
+TAKE_COMMANDS = """
+    SELECT id, instance_id, command, args FROM instance_commands
+     WHERE done_at IS NULL AND instance_id = ANY(%(mine)s)
+     ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED
+"""
+
+FINISH_COMMAND = """
+    UPDATE instance_commands SET done_at = now(), result = %(result)s, error = %(error)s WHERE id = %(id)s
+"""
 
 INSTANCE_STATUS = """
     SELECT i.*, wmq_worker_alive(i.owner_worker_id, %(ttl_s)s) AS owner_alive
@@ -104,7 +124,7 @@ RELEASE_DEAD_SESSIONS = """
     UPDATE instances
        SET connection_state = 'disconnected', connection_detail = 'the worker holding the session died',
            connection_changed_at = now(), owner_worker_id = NULL
-     WHERE transport = 'neonize' AND owner_worker_id IS NOT NULL
+     WHERE transport IN (SELECT name FROM transports WHERE session_bound) AND owner_worker_id IS NOT NULL
        AND NOT wmq_worker_alive(owner_worker_id, %(ttl_s)s)
     RETURNING id
 """
@@ -112,7 +132,7 @@ RELEASE_DEAD_SESSIONS = """
 # --- maintenance (workers/maintenance/) ------------------------------------------------------
 
 #: One maintenance leader at a time: held for the cycle's transaction.
-MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wmq.maintenance')) AS leader"
+MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wmq.maintenance'))"
 
 RESCUE = "SELECT * FROM wmq_rescue(%(ttl_s)s, %(resend)s, %(queue)s, %(actor)s)"
 
@@ -149,8 +169,6 @@ LIST_JOBS = f"""
 COUNT_JOBS = f"SELECT count(*) AS total FROM ({_JOBS_OF_INSTANCE}) counted"
 
 QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
-
-ACTIVE_QUEUES = "SELECT * FROM v_active_queues ORDER BY instance_id"
 
 MESSAGE_EVENTS = """
     SELECT from_status, to_status, at, worker_id, detail

@@ -1,11 +1,13 @@
-"""Upkeep that no request triggers (DESIGN.md §3.7): one loop per worker process, one leader
-at a time (an advisory lock per task), each task a small module.
+"""Upkeep that no request triggers: one loop per worker process, one leader at a time (an
+advisory lock per task and round), each task a small module with a test beside it.
 
-- `rescuer`: messages of dead workers (R5).
+- `rescuer`: messages of dead workers (I5), and sessions of dead holders.
 - `dispatcher`: heads that should be in the broker and are not.
 - `retention`: finished messages past `MESSAGE_QUEUE_RETENTION_PERIOD`.
+
+Transports add tasks for records of their own (workers/transports `TransportSpec.maintenance`).
 """
 
-from workers.maintenance.loop import MaintenanceLoop
+from workers.maintenance.loop import MaintenanceLoop, Task, core_tasks
 
-__all__ = ["MaintenanceLoop"]
+__all__ = ["MaintenanceLoop", "Task", "core_tasks"]

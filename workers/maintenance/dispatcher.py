@@ -5,14 +5,18 @@ one indexed scan of pending messages."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from service.core import Coordinator
+import psycopg
+
+from service.core import maintenance
+from service.core.context import Core
 
 logger = logging.getLogger("wmq.maintenance.dispatcher")
 
 
-def run(coordinator: Coordinator) -> int:
-    redispatched = coordinator.redispatch_orphans() or []
+def run(core: Core, conn: psycopg.Connection[Any]) -> int:
+    redispatched = maintenance.redispatch_orphans(core, conn)
     for row in redispatched:
         logger.warning("head without a broker message dispatched again", extra={
             "zaap_id": row["zaap_id"], "instance_id": str(row["instance_id"]), "sequence": row["sequence"],

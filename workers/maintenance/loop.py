@@ -8,33 +8,57 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from service.core import Coordinator
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from service.core import maintenance
+from service.core.context import Core
 from workers.maintenance import dispatcher, rescuer, retention
 
 logger = logging.getLogger("wmq.maintenance")
 
-TASKS: tuple[tuple[str, Callable[[Coordinator], int]], ...] = (
-    ("rescuer", rescuer.run),
-    ("dispatcher", dispatcher.run),
-    ("retention", retention.run),
-)
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    #: Runs on a connection whose transaction holds the maintenance lock; returns rows handled.
+    run: Callable[[psycopg.Connection[Any]], int]
+
+
+def core_tasks(core: Core) -> list[Task]:
+    return [
+        Task("rescuer", lambda conn: rescuer.run(core, conn)),
+        Task("dispatcher", lambda conn: dispatcher.run(core, conn)),
+        Task("retention", lambda conn: retention.run(core, conn)),
+    ]
+
+
+def run_as_leader(pool: ConnectionPool, task: Task) -> int | None:
+    """Run `task` if this transaction wins the maintenance lock; None if another process has it."""
+    with pool.connection() as conn, conn.transaction():
+        if not maintenance.try_lead(conn):
+            return None
+        return task.run(conn)
 
 
 class MaintenanceLoop(threading.Thread):
-    def __init__(self, coordinator: Coordinator, interval: float) -> None:
+    def __init__(self, pool: ConnectionPool, tasks: list[Task], interval: float) -> None:
         super().__init__(name="wmq-maintenance", daemon=True)
-        self.coordinator = coordinator
+        self.pool = pool
+        self.tasks = tasks
         self.interval = interval
         self.stopping = threading.Event()
 
-    def run_once(self) -> dict[str, int]:
-        done: dict[str, int] = {}
-        for name, task in TASKS:
+    def run_once(self) -> dict[str, int | None]:
+        done: dict[str, int | None] = {}
+        for task in self.tasks:
             try:
-                done[name] = task(self.coordinator)
+                done[task.name] = run_as_leader(self.pool, task)
             except Exception:
-                logger.exception("maintenance task failed", extra={"task": name})
+                logger.exception("maintenance task failed", extra={"task": task.name})
         return done
 
     def run(self) -> None:

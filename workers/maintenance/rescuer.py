@@ -1,23 +1,28 @@
-"""Rescue the messages of dead workers (R5): only workers whose broker heartbeat expired.
+"""Rescue the messages of dead workers (I5): only workers whose broker heartbeat expired.
 
 A slow but live worker keeps heartbeating and is never rescued; a hung WhatsApp call is bounded
 by `MESSAGE_QUEUE_JOB_TIMEOUT` instead. `running` messages go again; `sending` ones follow
-`MESSAGE_QUEUE_RESEND_UNCERTAIN` (resend, or discard with the reason).
+`MESSAGE_QUEUE_RESEND_UNCERTAIN` (resend, or discard with the reason). Instances whose session
+holder died are marked disconnected first.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from service.core import Coordinator
+import psycopg
+
+from service.core import maintenance
+from service.core.context import Core
 
 logger = logging.getLogger("wmq.maintenance.rescuer")
 
 
-def run(coordinator: Coordinator) -> int:
-    for row in coordinator.release_dead_sessions() or []:
+def run(core: Core, conn: psycopg.Connection[Any]) -> int:
+    for row in maintenance.release_dead_sessions(core, conn):
         logger.warning("whatsapp session of a dead worker released", extra={"instance_id": str(row["id"])})
-    rescued = coordinator.rescue_dead_workers() or []
+    rescued = maintenance.rescue(core, conn)
     for row in rescued:
         logger.warning("message of a dead worker rescued", extra={
             "zaap_id": row["zaap_id"], "instance_id": str(row["instance_id"]), "sequence": row["sequence"],

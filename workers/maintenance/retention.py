@@ -4,14 +4,18 @@ older than `MESSAGE_QUEUE_RETENTION_PERIOD`, in batches."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from service.core import Coordinator
+import psycopg
+
+from service.core import maintenance
+from service.core.context import Core
 
 logger = logging.getLogger("wmq.maintenance.retention")
 
 
-def run(coordinator: Coordinator) -> int:
-    purged = coordinator.purge_finished() or 0
+def run(core: Core, conn: psycopg.Connection[Any]) -> int:
+    purged = maintenance.purge_finished(core, conn)
     if purged:
         logger.info("finished messages purged", extra={"count": purged})
     return purged

@@ -1,10 +1,13 @@
 """The one small interface every WhatsApp transport implements, and its typed errors.
 
-The WhatsApp edge knows no queue: it is told what to send and says how it went.
+The WhatsApp edge knows no queue: it is told what to send and says how it went. What a
+session transport records (connection states, pairing codes) goes through `SessionHost`, which
+the worker wires to the core.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -47,6 +50,25 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class SessionHost(Protocol):
+    """What a session-holding transport needs from the core (service/core/sessions.py)."""
+
+    def hold(self) -> bool:
+        """Take or keep the lock that makes this process the sessions' holder."""
+        ...
+
+    def release(self) -> None: ...
+
+    def instances(self, transport: str) -> dict[UUID, str | None]:
+        """Every instance of `transport`, with its WhatsApp id when paired."""
+        ...
+
+    def record(self, instance_id: UUID, state: str, detail: str | None, **extra: Any) -> None: ...
+
+    def run_commands(self, instance_ids: list[UUID],
+                     execute: Callable[[UUID, str, dict[str, Any]], dict[str, Any]]) -> None: ...
 
 
 class UncertainSendError(TransportError):

@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from service.db import fetch_all, fetch_one
+from service.settings import Settings
 from workers.transports.base import (
     InstanceDisconnected,
     OutgoingMessage,
@@ -70,6 +72,8 @@ CONFIGURE = """
         latency_ms = COALESCE(%(latency_ms)s, s.latency_ms)
     RETURNING connected, fail_next, fail_mode, latency_ms
 """
+
+PURGE = "DELETE FROM simulator_events WHERE ended_at < now() - make_interval(secs => %(retention_s)s)"
 
 EVENTS = """
     SELECT id, kind, phone, presence, zaap_id, payload, whatsapp_message_id,
@@ -136,31 +140,38 @@ class SimulatorTransport:
         pass
 
 
-# -- control, for the API and the tests -------------------------------------------------------
+# -- control, for the API and the tests ---------------------------------------------------------
 
 
-def configure(
-    pool: ConnectionPool,
-    instance_id: UUID,
-    *,
-    connected: bool | None = None,
-    fail_next: int | None = None,
-    fail_mode: str | None = None,
-    latency_ms: int | None = None,
-) -> dict[str, Any]:
-    """Set any of the simulated instance's knobs; returns the resulting state."""
-    params = {"id": instance_id, "connected": connected, "fail_next": fail_next, "fail_mode": fail_mode,
-              "latency_ms": latency_ms}
-    row = fetch_one(pool, CONFIGURE, params)
-    assert row is not None
-    return row
+class SimulatorControl:
+    """The simulator's knobs and record, for the API (wired in service/cli.py) and the tests."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def configure(self, instance_id: UUID, *, connected: bool | None = None, fail_next: int | None = None,
+                  fail_mode: str | None = None, latency_ms: int | None = None) -> dict[str, Any]:
+        """Set any of the simulated instance's knobs; returns the resulting state."""
+        params = {"id": instance_id, "connected": connected, "fail_next": fail_next, "fail_mode": fail_mode,
+                  "latency_ms": latency_ms}
+        row = fetch_one(self.pool, CONFIGURE, params)
+        assert row is not None
+        return row
+
+    def state(self, instance_id: UUID) -> dict[str, Any]:
+        """The simulated instance's connection and latency (connected until told otherwise)."""
+        return state(self.pool, instance_id)
+
+    def events(self, instance_id: UUID) -> list[dict[str, Any]]:
+        """Every presence and send of the instance, in the order they happened."""
+        return fetch_all(self.pool, EVENTS, {"id": instance_id})
 
 
 def state(pool: ConnectionPool, instance_id: UUID) -> dict[str, Any]:
-    """The simulated instance's connection and latency (connected until told otherwise)."""
     return fetch_one(pool, STATE, {"id": instance_id}) or _DEFAULT_STATE
 
 
-def events(pool: ConnectionPool, instance_id: UUID) -> list[dict[str, Any]]:
-    """Every presence and send of the instance, in the order they happened."""
-    return fetch_all(pool, EVENTS, {"id": instance_id})
+def purge(conn: psycopg.Connection[Any], settings: Settings) -> int:
+    """Maintenance: the record's entries older than MESSAGE_QUEUE_RETENTION_PERIOD go, as the
+    finished messages they belong to do."""
+    return conn.execute(PURGE, {"retention_s": settings.message_queue_retention_period}).rowcount

@@ -1,7 +1,7 @@
 """The neonize transport: the `Transport` interface over the sessions this worker holds.
 
 Every WhatsApp call is bounded by `MESSAGE_QUEUE_JOB_TIMEOUT` (a helper thread runs it), so a
-hung call can never hold a message thread past the heartbeat TTL (R5). A send that does not
+hung call can never hold a message thread past the heartbeat TTL (I5). A send that does not
 answer in time may still reach WhatsApp: it is reported as uncertain.
 """
 

@@ -86,8 +86,8 @@ CREATE INDEX messages_unfinished ON messages (instance_id, sequence)
 -- Retention and the failed-jobs view walk finished rows by time.
 CREATE INDEX messages_finished_at ON messages (finished_at) WHERE finished_at IS NOT NULL;
 
--- R6: append-only history of every status change, written by the trigger below in the same
--- transaction as the change itself.
+-- I6: append-only history of every status change, written by trigger in the same transaction
+-- as the change itself.
 CREATE TABLE message_events (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     zaap_id      text NOT NULL REFERENCES messages (zaap_id) ON DELETE CASCADE,
@@ -100,25 +100,7 @@ CREATE TABLE message_events (
 );
 CREATE INDEX message_events_zaap_id ON message_events (zaap_id, id);
 
-CREATE FUNCTION wmq_record_status_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO message_events (zaap_id, instance_id, from_status, to_status, worker_id, detail)
-    VALUES (
-        NEW.zaap_id, NEW.instance_id,
-        CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
-        NEW.status, NEW.worker_id,
-        NULLIF(current_setting('wmq.event_detail', true), '')
-    );
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER messages_status_inserted AFTER INSERT ON messages
-    FOR EACH ROW EXECUTE FUNCTION wmq_record_status_change();
-CREATE TRIGGER messages_status_changed AFTER UPDATE OF status ON messages
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION wmq_record_status_change();
+-- The trigger that writes it: sql/functions/15_events.sql.
 
 -- The simulator transport's state and record (the WhatsApp network edge in tests and demos).
 CREATE TABLE simulator_instances (

@@ -1,4 +1,4 @@
--- The seed's monitoring views.
+-- The seed's monitoring views (they read the tables; the API's own reads are service/core/queries.py).
 
 -- Status of every instance queue: how many messages in each status, and where it stands.
 CREATE VIEW v_queue_stats_by_instance AS

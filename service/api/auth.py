@@ -1,0 +1,75 @@
+"""Who may call what: an instance's token (and its Client-Token header, when it has one) for
+the instance routes, the admin token for the admin routes. Wire names live here, not in the core."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from uuid import UUID
+
+from starlette.requests import Request
+
+from service.api.schemas import ValidationError
+from service.core import instances
+from service.core.context import Core
+from service.core.models import Instance
+
+CLIENT_TOKEN_HEADER = "Client-Token"
+
+
+def instance_id_from(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["instance"])
+    except ValueError:
+        raise ValidationError("instance", "instance id must be a UUID", status=404) from None
+
+
+def check_credentials(instance: Instance, token: str, client_token: str | None) -> Instance:
+    """`instance`, if `token` (and `client_token`, when the instance has one) match; 401 if not."""
+    if not secrets.compare_digest(instance.token, token):
+        raise ValidationError("token", "invalid token for this instance", status=401)
+    if instance.client_token and not secrets.compare_digest(instance.client_token, client_token or ""):
+        raise ValidationError(CLIENT_TOKEN_HEADER, f"missing or invalid {CLIENT_TOKEN_HEADER} header", status=401)
+    return instance
+
+
+class InstanceCache:
+    """Instances by id for a few seconds, so the hot send path authenticates without a query.
+
+    Only the credentials are trusted from it: a removed instance is still refused (its enqueue
+    finds no queue: 404), and every other route reads the instance afresh."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self.entries: dict[UUID, tuple[float, Instance]] = {}
+
+    def get(self, instance_id: UUID) -> Instance | None:
+        entry = self.entries.get(instance_id)
+        if entry is None or entry[0] < time.monotonic():
+            self.entries.pop(instance_id, None)
+            return None
+        return entry[1]
+
+    def put(self, instance: Instance) -> None:
+        if len(self.entries) > 100_000:
+            self.entries.clear()
+        self.entries[instance.id] = (time.monotonic() + self.ttl, instance)
+
+
+async def authenticated(request: Request, *, cached: bool = False) -> Instance:
+    """The instance named in the path, if its token (and Client-Token header) match."""
+    instance_id = instance_id_from(request)
+    cache: InstanceCache = request.app.state.instances
+    instance = cache.get(instance_id) if cached else None
+    if instance is None:
+        core: Core = request.app.state.core
+        instance = await instances.get_async(core, instance_id)
+        cache.put(instance)
+    return check_credentials(instance, request.path_params["token"], request.headers.get(CLIENT_TOKEN_HEADER))
+
+
+def require_admin(request: Request) -> None:
+    expected = request.app.state.settings.admin_token
+    given = request.headers.get("authorization", "")
+    if not expected or not secrets.compare_digest(given, f"Bearer {expected}"):
+        raise ValidationError("Authorization", "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'", status=401)

@@ -1,0 +1,45 @@
+"""Every error the API answers with, as JSON `{"error", "field"}`, and the one table that maps
+the core's error kinds to HTTP statuses."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.api.schemas import ValidationError
+from service.core.errors import CoreError, Kind
+
+STATUS_OF_KIND: dict[Kind, int] = {
+    "not_found": 404,
+    "conflict": 409,
+    "invalid": 400,
+}
+
+
+def error(status: int, message: str, field: str) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    """Bad input, wrong credentials and refusals decided by the API itself."""
+    assert isinstance(exc, ValidationError)
+    return error(exc.status, str(exc), exc.field)
+
+
+async def on_core_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CoreError)
+    return error(STATUS_OF_KIND[exc.kind], str(exc), exc.field)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Unknown route or method: JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail), "path" if exc.status_code == 404 else "method")
+
+
+HANDLERS = {
+    ValidationError: on_validation_error,
+    CoreError: on_core_error,
+    HTTPException: on_http_error,
+}

@@ -1,0 +1,72 @@
+"""Instances (WhatsApp accounts) and their queues: create, read, list, remove."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from uuid import UUID, uuid4
+
+import psycopg
+
+from service.core import queries
+from service.core.context import Core
+from service.core.errors import InstanceNotFound, UnknownTransport
+from service.core.models import Instance
+from service.settings import min_send_interval
+
+logger = logging.getLogger("wmq.core")
+
+
+def create(core: Core, *, name: str = "", client_token: str | None = None, transport: str | None = None,
+           instance_id: UUID | None = None, token: str | None = None) -> Instance:
+    """A new instance and its (empty) queue. `transport` defaults to WHATSAPP_TRANSPORT and must
+    be a row of the `transports` table."""
+    try:
+        row = core.one(
+            queries.INSERT_INSTANCE,
+            id=instance_id or uuid4(),
+            token=token or secrets.token_hex(16),
+            client_token=client_token,
+            name=name,
+            transport=transport or core.settings.whatsapp_transport,
+            min_send_interval_ms=round(min_send_interval(core.settings) * 1000),
+        )
+    except psycopg.errors.ForeignKeyViolation:
+        raise UnknownTransport(f"unknown transport {transport!r}") from None
+    assert row is not None
+    instance = Instance.from_row(row)
+    logger.info("instance added", extra={"instance_id": str(instance.id)})
+    return instance
+
+
+def remove(core: Core, instance_id: UUID) -> None:
+    """Delete an instance with its queue and history; its queued broker messages go too."""
+    row = core.one(queries.DELETE_INSTANCE, id=instance_id)
+    if not row or not row["ok"]:
+        raise InstanceNotFound("instance not found")
+    logger.info("instance removed", extra={"instance_id": str(instance_id)})
+
+
+def get(core: Core, instance_id: UUID) -> Instance:
+    return _instance(core.one(queries.GET_INSTANCE, id=instance_id))
+
+
+async def get_async(core: Core, instance_id: UUID) -> Instance:
+    """`get` on the API's event loop (the send path authenticates without a thread hop)."""
+    return _instance(await core.one_async(queries.GET_INSTANCE, id=instance_id))
+
+
+def list_all(core: Core) -> list[Instance]:
+    return [Instance.from_row(r) for r in core.all(queries.LIST_INSTANCES)]
+
+
+def transport_of(core: Core, instance_id: UUID) -> str | None:
+    """The transport an instance was created with (None once it is removed)."""
+    row = core.one(queries.TRANSPORT_OF, id=instance_id)
+    return None if row is None else str(row["transport"])
+
+
+def _instance(row: dict[str, object] | None) -> Instance:
+    if row is None:
+        raise InstanceNotFound("instance not found")
+    return Instance.from_row(row)

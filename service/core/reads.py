@@ -1,0 +1,47 @@
+"""What the API shows: one message with its history, a page of a queue, a queue's stats, and
+an instance's connection as the worker holding its session last saw it."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from service.core import queries
+from service.core.context import Core
+from service.core.errors import InstanceNotFound, MessageNotFound
+from service.core.models import Job
+
+
+def message(core: Core, zaap_id: str, *, with_events: bool = False) -> Job:
+    row = core.one(queries.GET_JOB, zaap_id=zaap_id)
+    if row is None:
+        raise MessageNotFound("message not found")
+    job = Job.from_row(row)
+    if with_events:
+        job.events = core.all(queries.MESSAGE_EVENTS, zaap_id=zaap_id)
+    return job
+
+
+def queue_page(core: Core, instance_id: UUID, limit: int = 50, offset: int = 0,
+               status: str | None = None) -> tuple[list[Job], int]:
+    """A page of an instance's messages in sequence order, and how many there are."""
+    params = {"instance_id": instance_id, "status": status, "limit": limit, "offset": offset}
+    rows = core.all(queries.LIST_JOBS, **params)
+    total = core.one(queries.COUNT_JOBS, **params)
+    return [Job.from_row(r) for r in rows], int(total["total"]) if total else 0
+
+
+def queue_stats(core: Core, instance_id: UUID) -> dict[str, Any]:
+    row = core.one(queries.QUEUE_STATS, instance_id=instance_id)
+    if row is None:
+        raise InstanceNotFound("instance not found")
+    return row
+
+
+def connection(core: Core, instance_id: UUID) -> dict[str, Any]:
+    """The instance's row, with `owner_alive`: whether the worker that recorded its connection
+    state still lives (if not, that state is stale)."""
+    row = core.one(queries.INSTANCE_STATUS, id=instance_id, ttl_s=core.settings.message_queue_heartbeat_ttl)
+    if row is None:
+        raise InstanceNotFound("instance not found")
+    return row

@@ -1,0 +1,50 @@
+"""Where dispatches go: the broker queue of an instance and the actor that runs them.
+
+Which queue serves which instance is decided by the database, from data (the `transports`
+table: sql/functions/20_routing.sql). Python passes the base queue name and the actor names,
+and asks the database which queues exist (`queues`), so no name is worked out twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.core.context import Core
+
+#: The broker actors dispatches name (workers/actors.py registers them under these names):
+#: `deliver` runs one phase of one message; `presence` only shows a presence (no message).
+DELIVER_ACTOR = "deliver"
+PRESENCE_ACTOR = "presence"
+
+QUEUES = "SELECT queue_name, session_bound FROM wmq_queues(%(queue)s)"
+
+
+@dataclass(frozen=True)
+class Route:
+    queue: str
+    actor: str = DELIVER_ACTOR
+    presence_actor: str = PRESENCE_ACTOR
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Route:
+        return cls(queue=settings.message_queue_name)
+
+    def params(self) -> dict[str, str]:
+        """The route as the SQL functions take it (`p_queue`, `p_actor`, `p_presence_actor`)."""
+        return {"queue": self.queue, "actor": self.actor, "presence_actor": self.presence_actor}
+
+
+@dataclass(frozen=True)
+class BrokerQueue:
+    name: str
+    #: Consumed only by the process holding the WhatsApp sessions.
+    session_bound: bool
+
+
+def queues(core: Core) -> list[BrokerQueue]:
+    """Every broker queue a worker declares."""
+    return [BrokerQueue(r["queue_name"], r["session_bound"]) for r in core.all(QUEUES, queue=core.route.queue)]

@@ -1,0 +1,161 @@
+-- The worker's transitions: claim, typing, completion, failure, snooze. Each takes the instance
+-- lock first (I1) and dispatches whatever comes next in the same transaction (I2).
+--
+--   scheduled ─claim─▶ running ─start_typing─▶ typing ─claim─▶ sending ─complete─▶ completed
+--       │                (phase 1, only with delayTyping)        ▲    │
+--       └────────────────────claim (no typing)───────────────────┘    ├─fail─▶ retryable ─claim─▶ …
+--                                                                     ├─fail─▶ discarded
+--   running/sending ─snooze─▶ scheduled (not connected: no attempt)   └─(worker died)─▶ rescue
+
+-- I4, the atomic claim: one statement under the instance lock. It takes the message only for
+-- its live dispatch (I3), only as the head of its queue, never while its instance is paused
+-- (a typing phase 2 finishes). What it grants is returned, so the worker decides nothing again:
+-- `typing` (phase 1 of a message with delayTyping: status `running`, show the presence) or
+-- `send` (status `sending`, its attempt counted: the WhatsApp call comes next, so a worker that
+-- dies from here on leaves an uncertain send). Zero rows: the broker message is stale; skip it.
+-- The unique index messages_one_in_flight makes two messages of one instance in flight
+-- impossible even if a dispatch were wrong.
+CREATE FUNCTION wmq_claim(p_zaap text, p_dispatch uuid, p_worker uuid)
+RETURNS TABLE (
+    granted text, zaap_id text, instance_id uuid, sequence bigint, message_type text, phone text,
+    payload jsonb, delay_typing_ms bigint, attempts integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM wmq_lock_instance((SELECT m.instance_id FROM messages m WHERE m.zaap_id = p_zaap));
+    PERFORM wmq_set_detail(NULL);
+    RETURN QUERY
+    UPDATE messages m
+       SET status = CASE WHEN m.phase = 1 AND m.delay_typing_ms > 0 THEN 'running' ELSE 'sending' END,
+           attempts = CASE WHEN m.phase = 1 AND m.delay_typing_ms > 0 THEN m.attempts ELSE m.attempts + 1 END,
+           worker_id = p_worker,
+           started_at = COALESCE(m.started_at, now())
+     WHERE m.zaap_id = p_zaap
+       AND m.dispatch_id = p_dispatch
+       AND m.status IN ('scheduled', 'retryable', 'typing')
+       AND (m.status = 'typing'
+            OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = m.instance_id AND i.paused))
+       AND NOT EXISTS (
+            SELECT 1 FROM messages p
+             WHERE p.instance_id = m.instance_id
+               AND p.sequence < m.sequence
+               AND wmq_is_unfinished(p.status))
+    RETURNING CASE WHEN m.status = 'running' THEN 'typing' ELSE 'send' END,
+              m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
+              m.delay_typing_ms, m.attempts;
+END
+$$;
+
+-- Phase 1 done: the presence is shown; release the thread and come back after delayTyping
+-- (the phase-2 dispatch is due then: no thread waits).
+CREATE FUNCTION wmq_start_typing(p_zaap text, p_worker uuid, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_typing_ms bigint;
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    PERFORM wmq_set_detail(NULL);
+    UPDATE messages SET status = 'typing'
+     WHERE zaap_id = p_zaap AND status = 'running' AND worker_id = p_worker
+    RETURNING delay_typing_ms INTO v_typing_ms;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM wmq_dispatch(p_zaap, 2::smallint, now() + wmq_ms(v_typing_ms), p_queue, p_actor);
+    RETURN true;
+END
+$$;
+
+-- The send succeeded. Record it, settle its broker message, and dispatch the next head, paced
+-- from this send. The completed message's broker row (its live dispatch, claimed by this worker)
+-- is deleted here, so completion and broker clean-up are one atomic step and the worker's ack
+-- has nothing left to do (workers/broker.py). Returns false when the message is no longer this
+-- worker's to complete.
+CREATE FUNCTION wmq_complete(
+    p_zaap text, p_worker uuid, p_whatsapp_id text, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_instance uuid;
+    v_dispatch uuid;
+BEGIN
+    v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
+    PERFORM wmq_lock_instance(v_instance);
+    PERFORM wmq_set_detail('whatsapp id ' || p_whatsapp_id);
+    UPDATE messages
+       SET status = 'completed', whatsapp_message_id = p_whatsapp_id,
+           sent_at = now(), finished_at = now()
+     WHERE zaap_id = p_zaap AND status = 'sending' AND worker_id = p_worker
+    RETURNING dispatch_id INTO v_dispatch;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM dramatiq.queue WHERE message_id = v_dispatch;
+    UPDATE instance_queues SET last_sent_at = now() WHERE instance_id = v_instance;
+    PERFORM wmq_dispatch_head(v_instance, p_queue, p_actor);
+    RETURN true;
+END
+$$;
+
+-- A failed attempt. Retryable errors stay head and come back after the backoff; the last
+-- allowed attempt, or a permanent error, discards the message and lets the next go. A failure
+-- before the send (status running: the presence, say) counts as an attempt too, so that
+-- nothing retries forever. Returns the new status, or NULL when the message was not this
+-- worker's any more.
+CREATE FUNCTION wmq_fail(
+    p_zaap text, p_worker uuid, p_error text, p_permanent boolean, p_backoff_ms bigint,
+    p_queue text, p_actor text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_instance uuid;
+    v_status text;
+BEGIN
+    v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
+    PERFORM wmq_lock_instance(v_instance);
+    PERFORM wmq_set_detail(p_error);
+    UPDATE messages m
+       SET attempts = c.attempts,
+           last_error = p_error,
+           status = CASE WHEN p_permanent OR c.attempts >= m.max_attempts
+                         THEN 'discarded' ELSE 'retryable' END,
+           finished_at = CASE WHEN p_permanent OR c.attempts >= m.max_attempts THEN now() END
+      FROM (SELECT CASE WHEN status = 'running' THEN attempts + 1 ELSE attempts END AS attempts
+              FROM messages WHERE zaap_id = p_zaap) c
+     WHERE m.zaap_id = p_zaap AND m.status IN ('running', 'sending') AND m.worker_id = p_worker
+    RETURNING m.status INTO v_status;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF v_status = 'retryable' THEN
+        PERFORM wmq_dispatch(p_zaap, 1::smallint, now() + wmq_ms(p_backoff_ms), p_queue, p_actor);
+    ELSE
+        PERFORM wmq_dispatch_head(v_instance, p_queue, p_actor);
+    END IF;
+    RETURN v_status;
+END
+$$;
+
+-- The instance is not connected (seen before the send, or reported by the transport as the
+-- reason the send did not happen). Put the head back, attempts unchanged, and check again
+-- after the delay; its successors keep waiting.
+CREATE FUNCTION wmq_snooze(
+    p_zaap text, p_worker uuid, p_delay_ms bigint, p_reason text, p_queue text, p_actor text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    PERFORM wmq_set_detail(p_reason);
+    -- A send refused for want of a connection did not happen: it is no attempt.
+    UPDATE messages
+       SET status = 'scheduled', worker_id = NULL,
+           attempts = CASE WHEN status = 'sending' THEN attempts - 1 ELSE attempts END
+     WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM wmq_dispatch(p_zaap, 1::smallint, now() + wmq_ms(p_delay_ms), p_queue, p_actor);
+    RETURN true;
+END
+$$;

@@ -1,0 +1,3 @@
+-- Version 3 defined the queue's functions. Functions and views are no longer migrations: their
+-- one current text is in sql/functions/, re-applied whenever it changes (docs/decisions.md).
+-- The version number stays, so old and new databases share one history.

@@ -1,0 +1,1 @@
+-- Version 4 defined the seed's views; they now live in sql/functions/90_views.sql.

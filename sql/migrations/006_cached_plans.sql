@@ -1,0 +1,2 @@
+-- Version 6 rewrote three helpers and the claim and completion; their current text is in
+-- sql/functions/ (docs/decisions.md: "The claim marks a send `sending` itself").

@@ -1,0 +1,110 @@
+"""The schema: numbered table migrations plus the one current text of every function and view
+(sql/functions/), re-applied when it changes. An upgraded database must end up exactly like a
+new one, with its messages intact and its queue still flowing."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from service.db import SQL_DIR, definition_files, migrate, pending_migrations
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "database_at_v6.sql"
+
+#: Everything that makes up a schema, as text that two databases can be compared by.
+CATALOG = {
+    "columns": """SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default
+                    FROM information_schema.columns WHERE table_schema IN ('public', 'dramatiq')""",
+    "constraints": """SELECT conrelid::regclass::text AS rel, conname, pg_get_constraintdef(oid) AS def
+                        FROM pg_constraint WHERE connamespace IN ('public'::regnamespace, 'dramatiq'::regnamespace)""",
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname IN ('public', 'dramatiq')",
+    "triggers": "SELECT tgname, pg_get_triggerdef(oid) AS def FROM pg_trigger WHERE NOT tgisinternal",
+    "functions": """SELECT p.oid::regprocedure::text AS name, pg_get_functiondef(p.oid) AS def FROM pg_proc p
+                     WHERE p.pronamespace IN ('public'::regnamespace, 'dramatiq'::regnamespace)""",
+    "views": """SELECT c.relname, pg_get_viewdef(c.oid) AS def FROM pg_class c
+                 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v'""",
+    "transports": "SELECT * FROM transports",
+}
+
+
+def catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as conn:
+        return {name: sorted(tuple(map(str, row)) for row in conn.execute(query)) for name, query in CATALOG.items()}
+
+
+def restore(url: str, dump: Path) -> None:
+    """Load a pg_dump file with pgserver's psql (COPY … FROM stdin needs psql)."""
+    import pgserver
+
+    psql = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    subprocess.run([str(psql), "-q", "-v", "ON_ERROR_STOP=1", "-X", "-f", str(dump), "-d", url],
+                   check=True, capture_output=True, timeout=60)
+
+
+def test_every_function_has_one_current_definition() -> None:
+    """A reader finds each function, trigger and view in exactly one file of sql/functions/,
+    and no migration defines one."""
+    import re
+
+    defined: dict[str, list[str]] = {}
+    for path in definition_files():
+        for name in re.findall(r"^CREATE (?:FUNCTION|VIEW|TRIGGER) (\w+)", path.read_text(), re.M):
+            defined.setdefault(name, []).append(path.name)
+    assert defined and all(len(files) == 1 for files in defined.values()), defined
+    for path in sorted((SQL_DIR / "migrations").glob("*.sql")):
+        assert not re.search(r"CREATE (OR REPLACE )?(FUNCTION|VIEW|TRIGGER)", path.read_text()), path.name
+
+
+def test_a_new_database_has_nothing_pending(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        assert pending_migrations(conn) == []
+    assert migrate(database_url) == []  # applying again does nothing
+
+
+def test_a_database_at_version_6_upgrades_to_exactly_the_new_schema(database_url: str, empty_database: str) -> None:
+    restore(empty_database, FIXTURE)
+    with psycopg.connect(empty_database, row_factory=dict_row) as conn:
+        before = conn.execute("SELECT * FROM messages ORDER BY zaap_id").fetchall()
+        broker_before = conn.execute("SELECT message_id, queue_name, available_at FROM dramatiq.queue"
+                                     " ORDER BY message_id").fetchall()
+    with psycopg.connect(empty_database) as conn:
+        assert pending_migrations(conn) == ["007_transports.sql", "functions/"]
+    assert len(before) == 9 and len(broker_before) == 3
+
+    assert migrate(empty_database) == ["007_transports.sql", "functions/"]
+
+    with psycopg.connect(empty_database, row_factory=dict_row) as conn:
+        assert conn.execute("SELECT * FROM messages ORDER BY zaap_id").fetchall() == before
+        assert conn.execute("SELECT message_id, queue_name, available_at FROM dramatiq.queue"
+                            " ORDER BY message_id").fetchall() == broker_before
+    with psycopg.connect(empty_database) as conn:
+        assert pending_migrations(conn) == []
+    assert catalog(empty_database) == catalog(database_url)
+
+
+def test_a_changed_definition_is_applied_again_and_a_removed_one_dropped(empty_database: str, tmp_path: Path,
+                                                                        monkeypatch: Any) -> None:
+    import service.db as db
+
+    migrate(empty_database)
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "functions").mkdir(parents=True)
+    (sql_dir / "migrations").symlink_to(SQL_DIR / "migrations")
+    for path in definition_files():
+        (sql_dir / "functions" / path.name).write_text(path.read_text())
+    extra = sql_dir / "functions" / "99_extra.sql"
+    extra.write_text("CREATE FUNCTION wmq_extra() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;")
+    monkeypatch.setattr(db, "SQL_DIR", sql_dir)
+    assert migrate(empty_database) == ["functions/"]
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT wmq_extra()").fetchone() == (1,)
+    extra.unlink()
+    assert migrate(empty_database) == ["functions/"]
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT to_regproc('wmq_extra')").fetchone() == (None,)
+        # The triggers were dropped and made again: the history still records changes.
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'messages_status_%'").fetchone() == (2,)

@@ -45,6 +45,11 @@ def data_uri(mime: str, data: bytes) -> str:
 
 
 def message_building() -> None:
+    from service.core.message_types import TYPES
+    from workers.transports.neonize.messages import BUILDERS
+
+    # The message-type table and the builders name the same types: a new type is both.
+    assert set(BUILDERS) == set(TYPES), set(BUILDERS) ^ set(TYPES)
     upload = FakeUpload()
 
     text = build_message("text", {"message": "Olá!"}, upload)

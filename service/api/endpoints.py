@@ -23,7 +23,7 @@ from service.api.schemas import ValidationError
 from service.core import control, enqueue, instances, reads, sessions
 from service.core.context import Core
 from service.core.message_types import MessageType
-from service.core.models import Instance, Job
+from service.core.models import Instance, QueuedMessage
 from service.db import pending_migrations
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def job_json(job: Job) -> dict[str, Any]:
+def message_json(job: QueuedMessage) -> dict[str, Any]:
     return {
         "zaapId": job.zaap_id,
         "messageId": job.whatsapp_message_id or job.zaap_id,
@@ -164,7 +164,7 @@ async def list_queue(request: Request) -> Response:
     jobs, total = await call(reads.queue_page, core(request), instance.id, limit, offset, status)
     return JSONResponse({
         "total": total, "limit": limit, "offset": offset,
-        "messages": [job_json(j) for j in jobs],
+        "messages": [message_json(j) for j in jobs],
     })
 
 
@@ -180,7 +180,7 @@ async def get_queue_message(request: Request) -> Response:
     job = await call(reads.message, core(request), request.path_params["zaap_id"], with_events=True)
     if job.instance_id != instance.id:
         raise ValidationError("zaapId", "message not found", status=404)
-    data = job_json(job)
+    data = message_json(job)
     data["events"] = [
         {"from": e["from_status"], "to": e["to_status"], "at": iso(e["at"]), "detail": e["detail"]}
         for e in job.events

@@ -1,5 +1,5 @@
-"""Every error the API answers with, as JSON `{"error", "field"}`, and the one table that maps
-the core's error kinds to HTTP statuses."""
+"""Every error the API answers with, as JSON `{"error", "field"}`, and the tables that map the
+core's errors to HTTP: their kind to a status, their subject to the field a caller sent."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.schemas import ValidationError
-from service.core.errors import CoreError, Kind
+from service.core.errors import CoreError, Kind, Subject
 
 STATUS_OF_KIND: dict[Kind, int] = {
     "not_found": 404,
     "conflict": 409,
     "invalid": 400,
+}
+
+FIELD_OF_SUBJECT: dict[Subject, str] = {
+    "instance": "instance",
+    "message": "zaapId",
+    "transport": "transport",
+    "delay": "delayMessage",
 }
 
 
@@ -29,7 +36,7 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def on_core_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CoreError)
-    return error(STATUS_OF_KIND[exc.kind], str(exc), exc.field)
+    return error(STATUS_OF_KIND[exc.kind], str(exc), FIELD_OF_SUBJECT[exc.subject])
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

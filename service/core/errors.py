@@ -1,48 +1,49 @@
-"""The core's errors. Each says what kind of failure it is; the API maps kinds to HTTP statuses
-in one table (service/api/errors.py), so an error it does not know is a 500 it logs, never a
-guess."""
+"""The core's errors. Each says what kind of failure it is and what it is about; the API maps
+kinds to HTTP statuses and subjects to its wire field names in one place (service/api/errors.py),
+so an error it does not know is a 500 it logs, never a guess."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 Kind = Literal["not_found", "conflict", "invalid"]
+Subject = Literal["instance", "message", "transport", "delay"]
 
 
 class CoreError(Exception):
-    """Base of the errors the core raises on purpose. `field` names the culprit for the caller."""
+    """Base of the errors the core raises on purpose. `subject` is what the error is about."""
 
     kind: Kind = "invalid"
-    field: str = ""
+    subject: Subject = "instance"
 
 
 class InstanceNotFound(CoreError):
     kind = "not_found"
-    field = "instance"
+    subject = "instance"
 
 
 class MessageNotFound(CoreError):
     kind = "not_found"
-    field = "zaapId"
+    subject = "message"
 
 
 class UnknownTransport(CoreError):
     kind = "invalid"
-    field = "transport"
+    subject = "transport"
 
 
 class DueTimeTooFar(CoreError):
     """The delays chain past what a timestamp can hold (more than 100 years away)."""
 
     kind = "invalid"
-    field = "delayMessage"
+    subject = "delay"
 
 
 class CancelRefused(CoreError):
     """The message is being sent, or already finished: it can no longer be cancelled."""
 
     kind = "conflict"
-    field = "zaapId"
+    subject = "message"
 
     def __init__(self, status: str) -> None:
         super().__init__(f"message is {status} and can no longer be cancelled")
@@ -53,4 +54,4 @@ class SessionCommandFailed(CoreError):
     """The WhatsApp session could not do what was asked (or no worker holds it)."""
 
     kind = "conflict"
-    field = "instance"
+    subject = "instance"

@@ -74,7 +74,7 @@ class Claimed:
 
 
 @dataclass
-class Job:
+class QueuedMessage:
     """A message as stored, with its derived status (`available`) and queue position."""
 
     zaap_id: str
@@ -102,5 +102,5 @@ class Job:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Job:
+    def from_row(cls, row: dict[str, Any]) -> QueuedMessage:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__ if f in row})

@@ -9,7 +9,7 @@ transport's module alone.
 from service.core.models import PENDING_STATUSES
 
 # The status shown to users: `available` is derived (dispatched, due, waiting for a thread).
-JOB_COLUMNS = """
+MESSAGE_COLUMNS = """
     m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
     CASE WHEN m.status = 'scheduled' AND m.dispatch_id IS NOT NULL AND m.available_at <= now()
               AND NOT (SELECT paused FROM instances i WHERE i.id = m.instance_id)
@@ -78,6 +78,10 @@ SET_CONNECTION = """
     SELECT wmq_set_connection(%(instance_id)s, %(state)s, %(detail)s, %(queue)s, %(actor)s) AS ok
 """
 
+# --- routing (sql/functions/20_routing.sql) ---------------------------------------------------
+
+QUEUES = "SELECT queue_name, session_bound FROM wmq_queues(%(queue)s)"
+
 # --- WhatsApp sessions (service/core/sessions.py) ---------------------------------------------
 
 RECORD_WHATSAPP = """
@@ -142,8 +146,8 @@ PURGE_FINISHED = "SELECT wmq_purge_finished(%(retention_s)s, %(batch)s) AS purge
 
 # --- reads -----------------------------------------------------------------------------------
 
-GET_JOB = f"""
-    SELECT {JOB_COLUMNS},
+GET_MESSAGE = f"""
+    SELECT {MESSAGE_COLUMNS},
            CASE WHEN wmq_is_unfinished(m.status) THEN (
                SELECT count(*) FROM messages p
                 WHERE p.instance_id = m.instance_id AND p.sequence <= m.sequence
@@ -154,19 +158,19 @@ GET_JOB = f"""
 """
 
 # `status` filters on the status users see (`available` included); `pending` means unfinished.
-_JOBS_OF_INSTANCE = f"""
-    SELECT * FROM (SELECT {JOB_COLUMNS} FROM messages m WHERE m.instance_id = %(instance_id)s) j
+_MESSAGES_OF_INSTANCE = f"""
+    SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.instance_id = %(instance_id)s) j
      WHERE %(status)s::text IS NULL OR j.status = %(status)s
         OR (%(status)s = 'pending' AND j.status IN ({", ".join(f"'{s}'" for s in PENDING_STATUSES)}))
 """
 
-LIST_JOBS = f"""
-    {_JOBS_OF_INSTANCE}
+LIST_MESSAGES = f"""
+    {_MESSAGES_OF_INSTANCE}
      ORDER BY j.sequence
      LIMIT %(limit)s OFFSET %(offset)s
 """
 
-COUNT_JOBS = f"SELECT count(*) AS total FROM ({_JOBS_OF_INSTANCE}) counted"
+COUNT_MESSAGES = f"SELECT count(*) AS total FROM ({_MESSAGES_OF_INSTANCE}) counted"
 
 QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
 

@@ -9,26 +9,26 @@ from uuid import UUID
 from service.core import queries
 from service.core.context import Core
 from service.core.errors import InstanceNotFound, MessageNotFound
-from service.core.models import Job
+from service.core.models import QueuedMessage
 
 
-def message(core: Core, zaap_id: str, *, with_events: bool = False) -> Job:
-    row = core.one(queries.GET_JOB, zaap_id=zaap_id)
+def message(core: Core, zaap_id: str, *, with_events: bool = False) -> QueuedMessage:
+    row = core.one(queries.GET_MESSAGE, zaap_id=zaap_id)
     if row is None:
         raise MessageNotFound("message not found")
-    job = Job.from_row(row)
+    job = QueuedMessage.from_row(row)
     if with_events:
         job.events = core.all(queries.MESSAGE_EVENTS, zaap_id=zaap_id)
     return job
 
 
 def queue_page(core: Core, instance_id: UUID, limit: int = 50, offset: int = 0,
-               status: str | None = None) -> tuple[list[Job], int]:
+               status: str | None = None) -> tuple[list[QueuedMessage], int]:
     """A page of an instance's messages in sequence order, and how many there are."""
     params = {"instance_id": instance_id, "status": status, "limit": limit, "offset": offset}
-    rows = core.all(queries.LIST_JOBS, **params)
-    total = core.one(queries.COUNT_JOBS, **params)
-    return [Job.from_row(r) for r in rows], int(total["total"]) if total else 0
+    rows = core.all(queries.LIST_MESSAGES, **params)
+    total = core.one(queries.COUNT_MESSAGES, **params)
+    return [QueuedMessage.from_row(r) for r in rows], int(total["total"]) if total else 0
 
 
 def queue_stats(core: Core, instance_id: UUID) -> dict[str, Any]:

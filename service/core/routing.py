@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from service.core import queries
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
 #: `deliver` runs one phase of one message; `presence` only shows a presence (no message).
 DELIVER_ACTOR = "deliver"
 PRESENCE_ACTOR = "presence"
-
-QUEUES = "SELECT queue_name, session_bound FROM wmq_queues(%(queue)s)"
 
 
 @dataclass(frozen=True)
@@ -47,4 +46,4 @@ class BrokerQueue:
 
 def queues(core: Core) -> list[BrokerQueue]:
     """Every broker queue a worker declares."""
-    return [BrokerQueue(r["queue_name"], r["session_bound"]) for r in core.all(QUEUES, queue=core.route.queue)]
+    return [BrokerQueue(r["queue_name"], r["session_bound"]) for r in core.all(queries.QUEUES, queue=core.route.queue)]

@@ -1,18 +1,8 @@
-"""Build the WhatsApp protobuf `Message` for each message type from our content model.
+"""Build the WhatsApp protobuf `Message` for each message type from the payload stored with it.
 
-The content model is the payload stored with each message, with Z-API's field names:
-
-    text          {message}
-    image         {image, caption?, viewOnce?}
-    audio         {audio, ptt? (default true: a voice note), viewOnce?}
-    video         {video, caption?, viewOnce?}
-    document      {document, extension?, fileName?, caption?}
-    location      {latitude, longitude, title?, address?}
-    contact       {contactName, contactPhone, contactBusinessDescription?}
-    button-list   {message, buttonList: {buttons: [{id?, label}], footer?}}
-    option-list   {message, optionList: {title, buttonLabel, options: [{id?, title, description?}]}}
-
-Media fields are an http(s) URL, a `data:` URI or base64. Media is uploaded through the
+The types and their fields (Z-API's names) are the table in service/core/message_types.py;
+`BUILDERS` has one entry per type there (tests/whatsapp_checks.py checks both name the same
+types). Media fields are an http(s) URL, a `data:` URI or base64. Media is uploaded through the
 `upload` callable (the client's, in production; a stand-in in tests: it is the network edge).
 """
 

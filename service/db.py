@@ -12,6 +12,7 @@ import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 logger = logging.getLogger(__name__)
 
@@ -20,27 +21,36 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 MIGRATION_LOCK_ID = 7_311_002_001
 
 
-def make_pool(url: str, *, max_size: int, name: str = "wmq") -> ConnectionPool:
+# psycopg_pool waits 1 s, then doubles the wait between reconnection attempts without bound
+# (1, 2, 4, 8 s…): after a 20 s outage a process came back up to 12 s after the database did,
+# long after its peers (issue 11). A steady half second keeps every process within a second of it.
+AttemptWithBackoff.INITIAL_DELAY = 0.5
+AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+
+def make_pool(url: str, *, max_size: int, name: str = "wmq", timeout: float = 30.0) -> ConnectionPool:
     """A pool of plain connections (tuple rows: the broker shares it), opened before returning.
 
     Connections are in autocommit: every core operation is one statement (a SQL function, atomic
     by itself), which saves the BEGIN and COMMIT round trips; multi-statement work opens
     `conn.transaction()` explicitly, as the broker does."""
-    pool = ConnectionPool(url, check=_ready, **_pool_options(max_size, name))
+    pool = ConnectionPool(url, check=_ready, **_pool_options(max_size, name, timeout))
     pool.open(wait=True, timeout=30)
     return pool
 
 
-async def make_async_pool(url: str, *, max_size: int, name: str = "wmq") -> AsyncConnectionPool:
+async def make_async_pool(url: str, *, max_size: int, name: str = "wmq", timeout: float = 30.0
+                          ) -> AsyncConnectionPool:
     """The same pool for the API's event loop: its send path enqueues without a thread hop."""
-    pool = AsyncConnectionPool(url, check=_ready_async, **_pool_options(max_size, name))
+    pool = AsyncConnectionPool(url, check=_ready_async, **_pool_options(max_size, name, timeout))
     await pool.open(wait=True, timeout=30)
     return pool
 
 
-def _pool_options(max_size: int, name: str) -> dict[str, Any]:
-    return {"min_size": 1, "max_size": max_size, "kwargs": {"application_name": name, "autocommit": True},
-            "open": False}
+def _pool_options(max_size: int, name: str, timeout: float) -> dict[str, Any]:
+    """`timeout`: the longest a caller waits for a connection (then PoolTimeout)."""
+    return {"min_size": 1, "max_size": max_size, "timeout": timeout, "open": False,
+            "kwargs": {"application_name": name, "autocommit": True, "connect_timeout": 5}}
 
 
 async def _ready_async(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -113,30 +123,44 @@ def definitions_checksums() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in definition_files()}
 
 
-#: Every function and view of schema `public` is defined by sql/functions/ (and nothing else):
-#: before the definitions are applied anew, all of them go, with the triggers that call them, so
-#: a renamed or removed function leaves nothing behind and an upgraded database ends up exactly
-#: like a new one (tests/test_migrations.py).
+#: The names the service owns in schema `public`: functions `wmq_*` (and the seed's
+#: `get_next_message_sequence`), views `v_*`, and the triggers that call those functions. Before
+#: the definitions are applied anew all of them go, so a renamed or removed one leaves nothing
+#: behind and an upgraded database ends up exactly like a new one (tests/fast/test_migrations.py).
+#: Anything else in `public` (an extension's functions, an operator's own views) is left alone.
 _DROP_DEFINITIONS = """
 DO $$
 DECLARE
     r record;
 BEGIN
     FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
-              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v' LOOP
-        EXECUTE format('DROP VIEW %s CASCADE', r.name);
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v' AND c.relname LIKE 'v\\_%'
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('DROP VIEW %s', r.name);
     END LOOP;
     FOR r IN SELECT t.tgname, t.tgrelid::regclass AS rel FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-              WHERE NOT t.tgisinternal AND p.pronamespace = 'public'::regnamespace LOOP
+              WHERE NOT t.tgisinternal AND p.pronamespace = 'public'::regnamespace
+                AND (p.proname LIKE 'wmq\\_%' OR p.proname = 'get_next_message_sequence') LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
     END LOOP;
     FOR r IN SELECT p.oid::regprocedure AS name FROM pg_proc p
-              WHERE p.pronamespace = 'public'::regnamespace LOOP
+              WHERE p.pronamespace = 'public'::regnamespace
+                AND (p.proname LIKE 'wmq\\_%' OR p.proname = 'get_next_message_sequence')
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') LOOP
         EXECUTE format('DROP FUNCTION %s', r.name);
     END LOOP;
 END
 $$;
 """
+
+#: The definitions' version (sql/functions/VERSION): raised with every change to sql/functions/.
+#: A process never applies definitions older than the ones the database holds: during a rolling
+#: update an old pod that restarts must not put old functions back under the new pods.
+VERSION_ROW = "VERSION"
+
+
+def definitions_version() -> int:
+    return int((SQL_DIR / "functions" / "VERSION").read_text().split()[0])
 
 
 def migrate(url: str) -> list[str]:
@@ -175,7 +199,11 @@ def migrate(url: str) -> list[str]:
                     )
                 applied.append(path.name)
                 logger.info("migration applied", extra={"migration": path.name})
-            if _definitions_changed(conn):
+            stored = _stored_version(conn)
+            if stored is not None and stored > definitions_version():
+                logger.warning("the database holds newer definitions than this process; left as they are",
+                               extra={"stored_version": stored, "own_version": definitions_version()})
+            elif _definitions_changed(conn):
                 with conn.transaction():
                     conn.execute(_DROP_DEFINITIONS)
                     conn.execute("DELETE FROM schema_definitions")
@@ -183,6 +211,8 @@ def migrate(url: str) -> list[str]:
                         conn.execute(path.read_text())
                         conn.execute("INSERT INTO schema_definitions (name, checksum) VALUES (%s, %s)",
                                      (path.name, checksum))
+                    conn.execute("INSERT INTO schema_definitions (name, checksum) VALUES (%s, %s)",
+                                 (VERSION_ROW, str(definitions_version())))
                 applied.append("functions/")
                 logger.info("definitions applied", extra={"files": len(definition_files())})
         finally:
@@ -190,10 +220,22 @@ def migrate(url: str) -> list[str]:
     return applied
 
 
-def _definitions_changed(conn: psycopg.Connection[Any]) -> bool:
+def _stored_definitions(conn: psycopg.Connection[Any]) -> dict[str, str]:
     exists = conn.execute("SELECT to_regclass('schema_definitions') IS NOT NULL").fetchone()
-    stored = dict(conn.execute("SELECT name, checksum FROM schema_definitions").fetchall()) \
-        if exists and exists[0] else {}
+    if not (exists and exists[0]):
+        return {}
+    return {str(name): str(checksum) for name, checksum in
+            conn.execute("SELECT name, checksum FROM schema_definitions").fetchall()}
+
+
+def _stored_version(conn: psycopg.Connection[Any]) -> int | None:
+    version = _stored_definitions(conn).get(VERSION_ROW)
+    return None if version is None else int(version)
+
+
+def _definitions_changed(conn: psycopg.Connection[Any]) -> bool:
+    stored = _stored_definitions(conn)
+    stored.pop(VERSION_ROW, None)
     return stored != definitions_checksums()
 
 
@@ -205,4 +247,6 @@ def pending_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     if exists and exists[0]:
         done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     pending = [p.name for p in migration_files() if int(p.name[:3]) not in done]
-    return pending + (["functions/"] if _definitions_changed(conn) else [])
+    stored = _stored_version(conn)
+    newer_stored = stored is not None and stored > definitions_version()
+    return pending + (["functions/"] if _definitions_changed(conn) and not newer_stored else [])

@@ -80,6 +80,35 @@ def test_wrong_instance_or_credentials_are_refused_and_store_nothing(stack: Stac
     assert code == 200
 
 
+def test_non_ascii_credentials_are_compared_not_crashed_on(stack: Stack) -> None:
+    """A token or Client-Token with characters beyond ASCII is a wrong credential (401), or the
+    right one (200): never a 500 for every route of the instance."""
+    guarded = stack.create_instance(clientToken="sênha-çliente")
+    body = b'{"phone": "5511999999999", "message": "hi"}'
+    before = stack.counts()
+    for path, header, status in (
+        (f"/instances/{guarded['id']}/token/tökén/send-text", "sênha-çliente", 401),
+        (f"{stack.base(guarded)}/send-text", "sênha-errada", 401),
+        (f"{stack.base(guarded)}/queue", "sênha-errada", 401),
+    ):
+        response = stack.http.request("GET" if path.endswith("queue") else "POST", path, content=body,
+                                      headers={"Client-Token": header.encode()})
+        assert response.status_code == status, (path, response.text)
+    assert stack.counts() == before
+    right = stack.http.post(f"{stack.base(guarded)}/send-text", content=body,
+                            headers={"Client-Token": "sênha-çliente".encode()})
+    assert right.status_code == 200, right.text
+
+
+def test_an_unknown_transport_is_refused_by_name(stack: Stack) -> None:
+    before = stack.counts()
+    for transport in ("", "telegram", "NEONIZE"):
+        response = stack.http.post("/instances", json={"transport": transport},
+                                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert (response.status_code, response.json()["field"]) == (400, "transport"), transport
+    assert stack.counts() == before
+
+
 def test_admin_routes_need_the_admin_token(stack: Stack) -> None:
     before = stack.counts()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):

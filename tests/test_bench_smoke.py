@@ -14,7 +14,7 @@ from tests.stack import ROOT
 @pytest.mark.parametrize(
     ("script", "args", "expected"),
     [
-        ("drain.py", ["--instances", "2", "--per-instance", "3", "--hot", "5"], "| kept |"),
+        ("drain.py", ["--instances", "2", "--per-instance", "3", "--hot", "2"], "| kept |"),
         ("enqueue.py", ["--seconds", "1", "--clients", "2", "--instances", "2"], "pgbench"),
         ("lateness.py", ["--instances", "2", "--spread", "1"], "| 1s | on |"),
         ("idle.py", ["--instances", "5", "--idle", "1"], "| 5 | 5 | 0 |"),

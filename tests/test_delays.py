@@ -124,3 +124,13 @@ def test_due_time_waker_notifies_the_queue_when_a_delayed_message_falls_due(stac
     assert notified, "nobody woke the queue when the message fell due"
     assert at >= due
     stack.wait_completed([zaap_id], timeout=30)
+
+
+def test_the_send_is_recorded_before_the_typing_ends(stack: Stack) -> None:
+    """Completion first, presence after: the `paused` that ends "typing…" comes once the send is
+    recorded (and the next head dispatched), not between the send and its record."""
+    instance = stack.create_instance()
+    zaap_id = stack.send_text(instance, "x", delayTyping=0.2)["zaapId"]
+    stack.wait_completed([zaap_id], timeout=30)
+    paused = wait_until(lambda: [e for e in stack.events(instance) if e["presence"] == "paused"], 10, "paused")
+    assert paused[0]["started_at"] >= stack.job(zaap_id)["finished_at"]

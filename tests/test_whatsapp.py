@@ -31,6 +31,10 @@ def test_every_message_type_builds_the_whatsapp_message_field_by_field() -> None
     assert "every type checked" in run_check("message_building")
 
 
+def test_an_abandoned_whatsapp_call_keeps_its_instance_waiting() -> None:
+    assert "the instance waited for it" in run_check("abandoned_call")
+
+
 def test_session_events_move_the_instance_state_and_logout_stops_sends(database_url: str) -> None:
     assert "logged out" in run_check("session_events", DATABASE_URL=database_url)
 

@@ -194,6 +194,67 @@ def session_events() -> None:
     print("session events: qr → paired → connected → disconnected → logged out")
 
 
+def abandoned_call() -> None:
+    """A send that does not answer in time is uncertain, and the instance sends nothing more until
+    that call has returned; a failure after the send started is uncertain too."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from workers.transports.base import UncertainSendError
+    from workers.transports.neonize.transport import NeonizeTransport
+
+    release = threading.Event()
+    outcome: dict[str, Any] = {"fail": None}
+
+    class Client:
+        upload = FakeUpload()
+
+        def send_message(self, jid: Any, message: Any) -> Any:
+            release.wait(10)
+            if outcome["fail"]:
+                raise RuntimeError(outcome["fail"])
+            return SimpleNamespace(ID="WA-1")
+
+    session = SimpleNamespace(connected=True, state="connected", detail=None, client=Client())
+    manager = SimpleNamespace(owner=True, get=lambda instance_id: session)
+    transport = NeonizeTransport(manager, timeout=0.3, threads=4)  # type: ignore[arg-type]
+    instance_id = uuid.uuid4()
+
+    def message(n: int) -> OutgoingMessage:
+        return OutgoingMessage(zaap_id=f"{n:032x}", instance_id=instance_id, phone="5511999999999",
+                               message_type="text", payload={"message": f"m{n}"})
+
+    try:
+        transport.send(message(1))
+    except UncertainSendError:
+        pass
+    else:
+        raise AssertionError("a send that did not answer in time must be uncertain")
+    for attempt in (message(1), message(2)):  # its retry, and the next message: both must wait
+        try:
+            transport.send(attempt)
+        except InstanceDisconnected as error:
+            assert "has not returned yet" in str(error), error
+        else:
+            raise AssertionError("the instance sent while an earlier call was still under way")
+    release.set()
+    deadline = time.monotonic() + 5
+    while not all(f.done() for f in transport.abandoned.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert transport.send(message(2)) == "WA-1"
+    outcome["fail"] = "server returned error 500"
+    try:
+        transport.send(message(3))
+    except UncertainSendError as error:
+        assert "after it started" in str(error), error
+    else:
+        raise AssertionError("a failure after the send started must be uncertain")
+    transport.close()
+    print("abandoned call: the instance waited for it")
+
+
 if __name__ == "__main__":
     from service.logs import configure_logging
 

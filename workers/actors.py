@@ -20,7 +20,7 @@ from service.core.message_types import presence_for
 from service.core.models import Claimed
 from service.core.routing import DELIVER_ACTOR, PRESENCE_ACTOR
 from workers.bookkeeping import persist
-from workers.broker import SETTLED, Settled
+from workers.broker import settle
 from workers.ordering import current_claim
 from workers.transports import (
     InstanceDisconnected,
@@ -47,21 +47,20 @@ class Deliverer:
         self.settings = core.settings
         self.worker_id = worker_id
 
-    def __call__(self, zaap_id: str, phase: int) -> Settled | None:
+    def __call__(self, zaap_id: str, phase: int) -> None:
         try:
             claim = current_claim()
         except RuntimeError:
             logger.error("deliver ran without a claim (is the ordering middleware installed?)",
                          extra={"zaap_id": zaap_id})
-            return None
+            return
         try:
-            return self._deliver(claim)
+            self._deliver(claim)
         except Exception:  # the actor never raises: record the failure, keep the order
             logger.exception("delivery failed unexpectedly", extra=claim.log_context())
             self._fail(claim, "internal error", permanent=False)
-            return None
 
-    def _deliver(self, claim: Claimed) -> Settled | None:
+    def _deliver(self, claim: Claimed) -> None:
         ctx = claim.log_context()
         # No connectivity check first: the transport raises InstanceDisconnected when it cannot
         # send, before anything reaches WhatsApp, and the head is snoozed either way.
@@ -70,7 +69,7 @@ class Deliverer:
                 self.transport.send_presence(claim.instance_id, claim.phone, presence_for(claim.message_type))
                 if transitions.start_typing(self.core, claim.zaap_id, self.worker_id):
                     logger.info("typing", extra={**ctx, "delay_typing_ms": claim.delay_typing_ms})
-                return None
+                return
             whatsapp_id = self.transport.send(OutgoingMessage(
                 zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
                 message_type=claim.message_type, payload=claim.payload,
@@ -81,27 +80,29 @@ class Deliverer:
             persist("the snooze", lambda: transitions.snooze(self.core, claim.zaap_id, self.worker_id, delay, reason),
                     ctx, time.monotonic() + RECORD_RETRY_SECONDS)
             logger.info("instance disconnected; head snoozed", extra={**ctx, "retry_in_s": delay})
-            return None
+            return
         except PermanentSendError as error:
             self._fail(claim, str(error), permanent=True)
-            return None
+            return
         except UncertainSendError as error:
             resend = self.settings.message_queue_resend_uncertain
             detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
             self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend)
-            return None
+            return
         except Exception as error:
             self._fail(claim, f"{type(error).__name__}: {error}", permanent=False)
-            return None
+            return
 
+        # Completion first, presence after: the send is recorded (and the next head dispatched)
+        # before anything else can fail or take time; the "typing…" then ends with `paused`.
+        self._complete(claim, whatsapp_id)
         if claim.delay_typing_ms > 0:
             try:
                 self.transport.send_presence(claim.instance_id, claim.phone, "paused")
             except Exception:
                 logger.warning("could not send paused presence", extra=ctx, exc_info=True)
-        return self._complete(claim, whatsapp_id)
 
-    def _complete(self, claim: Claimed, whatsapp_id: str) -> Settled | None:
+    def _complete(self, claim: Claimed, whatsapp_id: str) -> None:
         """Record the send; on a database error retry the bookkeeping (for as long as this
         process lives: it alone knows the WhatsApp id), never the send."""
         ctx = {**claim.log_context(), "whatsapp_message_id": whatsapp_id}
@@ -110,9 +111,9 @@ class Deliverer:
                            ctx, deadline=None)
         if not recorded:
             logger.warning("message sent but no longer ours to complete", extra=ctx)
-            return None
+            return
+        settle()
         logger.info("message sent", extra=ctx)
-        return SETTLED
 
     def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> None:
         ctx = claim.log_context()

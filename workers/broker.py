@@ -9,6 +9,7 @@ TimeLimit), callbacks, pipelines and results (messages carry ids only).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Message
@@ -24,6 +25,24 @@ from service.settings import Settings
 #: The broker's ack, without its NOTIFY on `dramatiq.<queue>.ack`.
 ACK = "DELETE FROM dramatiq.queue WHERE message_id = %s AND queue_name = %s AND state = 'consumed'"
 
+#: The ack of a skipped broker message that is the live dispatch of a message in flight with
+#: another worker (the claim said `busy`): put back, not deleted, due again after the TTL, so the
+#: message keeps its broker row until its holder completes it (which deletes the row) or is
+#: rescued (which withdraws it). Deleting it made the rescuer take the live holder's message for
+#: abandoned (issue 11).
+PUT_BACK = """
+    UPDATE dramatiq.queue
+       SET state = 'queued', worker_id = NULL, consumed_at = NULL, mtime = now(),
+           available_at = now() + make_interval(secs => %s)
+     WHERE message_id = %s AND queue_name = %s AND state = 'consumed'
+"""
+
+#: This worker's heartbeat (workers/liveness.py writes it from a thread of its own).
+HEARTBEAT = """
+    INSERT INTO dramatiq.worker (worker_id, heartbeat_at) VALUES (%s, now())
+    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
+"""
+
 # The due-time waker's statements (workers/waker.py): a dispatch of a future message NOTIFYs
 # `wmq.due` (sql `wmq_dispatch`); the waker sleeps until a queue's next message falls due, then
 # sends the NOTIFY the queue's consumers listen to.
@@ -35,28 +54,39 @@ NEXT_DUE = """
 WAKE_QUEUE = "SELECT pg_notify('dramatiq.' || %s || '.enqueue', '')"
 
 
-class Settled:
-    """What an actor returns when the core deleted its broker message already (`wmq_complete`
-    settles the broker message with the send, in one transaction): its ack has nothing left to do."""
-
-
-SETTLED = Settled()
+_settled = threading.local()
 _SETTLED_ATTRIBUTE = "wmq_settled"
+_PUT_BACK_ATTRIBUTE = "wmq_put_back"
+
+
+def settle() -> None:
+    """The message this thread is processing was settled by the core (`wmq_complete` deletes its
+    broker row with the send, in one transaction): its ack has nothing left to delete."""
+    _settled.flag = True
+
+
+def put_back(message: Message[Any]) -> None:
+    """Mark a skipped broker message to be put back rather than deleted by its ack."""
+    setattr(message, _PUT_BACK_ATTRIBUTE, True)
 
 
 class SettledAck(Middleware):
-    """Marks a message whose actor returned `SETTLED`, so `QueueConsumer.ack` skips its statement.
-    The one place that decides whether an ack runs a statement."""
+    """Marks a message whose processing called `settle()`, so `QueueConsumer.ack` skips its
+    statement. With `PUT_BACK`, the one place that decides what an ack does."""
+
+    def before_process_message(self, broker: Any, message: Message[Any]) -> None:
+        _settled.flag = False
 
     def after_process_message(self, broker: Any, message: Message[Any], *, result: object = None,
                               exception: BaseException | None = None) -> None:
-        if result is SETTLED:
+        if getattr(_settled, "flag", False):
             setattr(message, _SETTLED_ATTRIBUTE, True)
+        _settled.flag = False
 
 
 class QueueConsumer(PostgresConsumer):
     """dramatiq-postgres' consumer with a cheaper ack: one statement on an autocommit connection,
-    none for a message the core has settled already (`SETTLED`: every sent message).
+    none for a message the core has settled already (`settle()`: every sent message).
 
     The stock ack wraps the same DELETE in BEGIN … COMMIT (three round trips) and NOTIFYs the
     message body on an `.ack` channel that only a results listener would read (results are off
@@ -68,7 +98,10 @@ class QueueConsumer(PostgresConsumer):
         if not getattr(message, _SETTLED_ATTRIBUTE, False):
             conn = getconn(self.pool)
             try:
-                conn.execute(ACK, (message.message_id, message.queue_name))
+                if getattr(message, _PUT_BACK_ATTRIBUTE, False):
+                    conn.execute(PUT_BACK, (self.broker.heartbeat_ttl, message.message_id, message.queue_name))
+                else:
+                    conn.execute(ACK, (message.message_id, message.queue_name))
             finally:
                 self.pool.putconn(conn)
         self.in_processing.discard(message.message_id)
@@ -81,12 +114,20 @@ class QueueBroker(PostgresBroker):
     A prefetch of 0 means the consumer claims nothing: the sessions queue is consumed only by
     the worker holding the WhatsApp sessions, and a stopping worker claims nothing more."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, judge: Callable[[], bool] = lambda: True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.judge = judge
         self.prefetch_limits: dict[str, int] = {}
         self.claiming = True
         self._consumers: dict[str, Any] = {}
         self._prefetch_lock = threading.Lock()
+
+    def maybe_maintenance(self, conn: Any) -> None:
+        """The broker's own upkeep (requeueing the messages of workers whose heartbeat is stale)
+        only while this process may judge others dead (workers/liveness.py): after an outage
+        every heartbeat is stale, and requeueing a live worker's message starts a second send."""
+        if self.judge():
+            super().maybe_maintenance(conn)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Any:
         with self._prefetch_lock:  # so a limit set meanwhile is never lost
@@ -113,11 +154,12 @@ class QueueBroker(PostgresBroker):
 
 
 def build_broker(pool: ConnectionPool, settings: Settings, middleware: list[Middleware],
-                 queues: list[BrokerQueue]) -> QueueBroker:
+                 queues: list[BrokerQueue], judge: Callable[[], bool]) -> QueueBroker:
     """A broker on our own pool; poll, heartbeat and upkeep intervals from our settings. Every
     queue is declared; a session-bound one with a prefetch of 0 until this worker holds the
     sessions (`hold_sessions`)."""
     broker = QueueBroker(
+        judge=judge,
         pool=pool,
         results=False,
         middleware=[*middleware, SettledAck()],

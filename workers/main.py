@@ -22,6 +22,7 @@ from service.db import make_pool
 from service.settings import Settings
 from workers.actors import Deliverer, PresenceSender, declare_actors
 from workers.broker import build_broker, hold_sessions
+from workers.liveness import Heartbeat
 from workers.maintenance import MaintenanceLoop, Task, core_tasks
 from workers.ordering import OrderingMiddleware
 from workers.transports import TRANSPORTS, RoutingTransport, Wiring
@@ -41,9 +42,16 @@ def run_worker(settings: Settings, database_url: str) -> int:
     pool = make_pool(database_url, max_size=2 * threads + 6, name="wmq-worker")
     core = Core(pool, settings)
     queues = routing.queues(core)
-    broker = build_broker(pool, settings, [OrderingMiddleware(core)], queues)
+    heartbeat: Heartbeat | None = None
+
+    def may_judge() -> bool:
+        return heartbeat is not None and heartbeat.may_judge()
+
+    broker = build_broker(pool, settings, [OrderingMiddleware(core)], queues, judge=may_judge)
     dramatiq.set_broker(broker)
     worker_id = UUID(broker.worker_id)
+    heartbeat = Heartbeat(database_url, worker_id, interval=settings.message_queue_heartbeat_interval,
+                          ttl=settings.message_queue_heartbeat_ttl)
 
     wiring = Wiring(
         pool=pool, settings=settings, database_url=database_url, worker_id=worker_id,
@@ -53,7 +61,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     transport = RoutingTransport(wiring, transport_of=lambda instance_id: instances.transport_of(core, instance_id))
     declare_actors(broker, Deliverer(core, transport, worker_id), PresenceSender(transport),
                    settings.message_queue_name)
-    tasks = core_tasks(core) + [
+    tasks = core_tasks(core, may_judge) + [
         Task(f"{name} upkeep", lambda conn, upkeep=spec.maintenance: upkeep(conn, settings))
         for name, spec in TRANSPORTS.items() if spec.maintenance
     ]
@@ -75,6 +83,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    heartbeat.start()
     worker.start()
     maintenance.start()
     if waker is not None:
@@ -93,6 +102,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # claimed-ahead ones back in the broker.
     worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)
     transport.close()
+    heartbeat.stop()
     broker.close()
     pool.close()
     logger.info("worker stopped", extra={"worker_id": broker.worker_id})

@@ -22,6 +22,10 @@ logger = logging.getLogger("wmq.api")
 
 INSTANCE = "/instances/{instance}/token/{token}"
 
+#: How long a request waits for a database connection before it is answered 503 (Retry-After),
+#: having stored nothing.
+DATABASE_WAIT = 5.0
+
 
 def routes(settings: Settings) -> list[Route]:
     table = [
@@ -61,8 +65,8 @@ def create_app(settings: Settings, database_url: str, *, simulator: Any) -> Star
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = make_pool(database_url, max_size=20, name="wmq-api")
-        async_pool = await make_async_pool(database_url, max_size=20, name="wmq-api")
+        pool = make_pool(database_url, max_size=20, name="wmq-api", timeout=DATABASE_WAIT)
+        async_pool = await make_async_pool(database_url, max_size=20, name="wmq-api", timeout=DATABASE_WAIT)
         app.state.core = Core(pool, settings, async_pool)
         app.state.settings = settings
         app.state.instances = InstanceCache()

@@ -24,11 +24,18 @@ def instance_id_from(request: Request) -> UUID:
         raise ValidationError("instance", "instance id must be a UUID", status=404) from None
 
 
-def check_credentials(instance: Instance, token: str, client_token: str | None) -> Instance:
-    """`instance`, if `token` (and `client_token`, when the instance has one) match; 401 if not."""
-    if not secrets.compare_digest(instance.token, token):
+def _same(expected: str, given: bytes) -> bool:
+    """Constant-time comparison of two secrets, as bytes: `compare_digest` refuses non-ASCII
+    text, and a token or header with any would have made every route of the instance a 500."""
+    return secrets.compare_digest(expected.encode("utf-8", "surrogateescape"), given)
+
+
+def check_credentials(instance: Instance, token: str, client_token: bytes | None) -> Instance:
+    """`instance`, if `token` (from the path) and `client_token` (the header's bytes, when the
+    instance has one) match; 401 if not."""
+    if not _same(instance.token, token.encode("utf-8", "surrogateescape")):
         raise ValidationError("token", "invalid token for this instance", status=401)
-    if instance.client_token and not secrets.compare_digest(instance.client_token, client_token or ""):
+    if instance.client_token and not _same(instance.client_token, client_token or b""):
         raise ValidationError(CLIENT_TOKEN_HEADER, f"missing or invalid {CLIENT_TOKEN_HEADER} header", status=401)
     return instance
 
@@ -65,11 +72,17 @@ async def authenticated(request: Request, *, cached: bool = False) -> Instance:
         core: Core = request.app.state.core
         instance = await instances.get_async(core, instance_id)
         cache.put(instance)
-    return check_credentials(instance, request.path_params["token"], request.headers.get(CLIENT_TOKEN_HEADER))
+    return check_credentials(instance, request.path_params["token"], header_bytes(request, CLIENT_TOKEN_HEADER))
+
+
+def header_bytes(request: Request, name: str) -> bytes | None:
+    """A header as sent (Starlette decodes headers as latin-1, which encodes back losslessly)."""
+    value = request.headers.get(name)
+    return None if value is None else value.encode("latin-1")
 
 
 def require_admin(request: Request) -> None:
     expected = request.app.state.settings.admin_token
     given = request.headers.get("authorization", "")
-    if not expected or not secrets.compare_digest(given, f"Bearer {expected}"):
+    if not expected or not _same(f"Bearer {expected}", given.encode("latin-1")):
         raise ValidationError("Authorization", "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'", status=401)

@@ -91,11 +91,19 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when both pools the API uses (the threads' and the send path's) reach the database
+    and the schema is current."""
+    async def check_async_pool() -> None:
+        assert core(request).async_pool is not None
+        async with core(request).async_pool.connection(timeout=5) as conn:
+            await conn.execute("SELECT 1")
+
     def check() -> list[str]:
         with core(request).pool.connection(timeout=5) as conn:
             return pending_migrations(conn)
 
     try:
+        await check_async_pool()
         pending = await call(check)
     except Exception as error:
         return JSONResponse({"status": "unavailable", "error": f"database: {error}"}, 503)

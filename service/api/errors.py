@@ -3,6 +3,8 @@ core's errors to HTTP: their kind to a status, their subject to the field a call
 
 from __future__ import annotations
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,7 +47,17 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, str(exc.detail), "path" if exc.status_code == 404 else "method")
 
 
+async def on_database_unavailable(request: Request, exc: Exception) -> Response:
+    """The database could not be reached within the API's wait (an outage, a failover): nothing
+    was done; the caller may retry shortly."""
+    response = error(503, "the database is unavailable; retry shortly", "database")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 HANDLERS = {
+    psycopg.OperationalError: on_database_unavailable,
+    PoolTimeout: on_database_unavailable,
     ValidationError: on_validation_error,
     CoreError: on_core_error,
     HTTPException: on_http_error,

@@ -10,6 +10,8 @@ One module per concept, each a few plain functions over a `Core` (the pool and t
 - `sessions`: what the process holding WhatsApp sessions records and is asked to do.
 - `maintenance`: the leader's tasks: rescue, orphaned heads, retention.
 - `routing`: which broker queues and actors a dispatch names.
+- `message_types`: the message-type table (one entry per type).
+- `context` (`Core`), `models` (what goes in and out), `errors` (what can go wrong, by kind).
 - `queries`: every SQL statement the Python side runs; the state machine itself is
   `sql/functions/` (docs/architecture.md).
 """

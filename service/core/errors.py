@@ -11,10 +11,11 @@ Subject = Literal["instance", "message", "transport", "delay"]
 
 
 class CoreError(Exception):
-    """Base of the errors the core raises on purpose. `subject` is what the error is about."""
+    """Base of the errors the core raises on purpose: each subclass says its `kind` and its
+    `subject` (what the error is about); the base has neither, so a forgotten one is a 500."""
 
-    kind: Kind = "invalid"
-    subject: Subject = "instance"
+    kind: Kind
+    subject: Subject
 
 
 class InstanceNotFound(CoreError):

@@ -28,7 +28,7 @@ def create(core: Core, *, name: str = "", client_token: str | None = None, trans
             token=token or secrets.token_hex(16),
             client_token=client_token,
             name=name,
-            transport=transport or core.settings.whatsapp_transport,
+            transport=core.settings.whatsapp_transport if transport is None else transport,
             min_send_interval_ms=round(min_send_interval(core.settings) * 1000),
         )
     except psycopg.errors.ForeignKeyViolation:

@@ -30,11 +30,12 @@ def release_dead_sessions(core: Core, conn: Connection) -> list[dict[str, Any]]:
     return _rows(conn, queries.RELEASE_DEAD_SESSIONS, ttl_s=core.settings.message_queue_heartbeat_ttl)
 
 
-def rescue(core: Core, conn: Connection) -> list[dict[str, Any]]:
-    """I5: recover `running`/`sending` messages whose worker's heartbeat expired (or whose broker
-    message a live worker gave up on)."""
+def rescue(core: Core, conn: Connection, *, judge: bool) -> list[dict[str, Any]]:
+    """I5: recover `running`/`sending` messages whose worker's heartbeat expired, if this process
+    may judge (`judge`: it has had continuous database access for longer than the TTL), and
+    those whose broker message a live worker gave up on."""
     return _rows(conn, queries.RESCUE, ttl_s=core.settings.message_queue_heartbeat_ttl,
-                 resend=core.settings.message_queue_resend_uncertain, **core.route.params())
+                 resend=core.settings.message_queue_resend_uncertain, judge=judge, **core.route.params())
 
 
 def redispatch_orphans(core: Core, conn: Connection) -> list[dict[str, Any]]:

@@ -53,9 +53,10 @@ class Instance:
 @dataclass(frozen=True)
 class Claimed:
     """A message a worker has claimed (sql `wmq_claim`), with what the claim granted: `typing`
-    (show the presence, then come back after delayTyping) or `send` (the WhatsApp call)."""
+    (show the presence, then come back after delayTyping) or `send` (the WhatsApp call); or
+    `busy`: not granted, the message is in flight with another worker under this very dispatch."""
 
-    granted: Literal["typing", "send"]
+    granted: Literal["typing", "send", "busy"]
     zaap_id: str
     instance_id: UUID
     sequence: int

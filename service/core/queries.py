@@ -138,7 +138,7 @@ RELEASE_DEAD_SESSIONS = """
 #: One maintenance leader at a time: held for the cycle's transaction.
 MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('wmq.maintenance'))"
 
-RESCUE = "SELECT * FROM wmq_rescue(%(ttl_s)s, %(resend)s, %(queue)s, %(actor)s)"
+RESCUE = "SELECT * FROM wmq_rescue(%(ttl_s)s, %(resend)s, %(judge)s, %(queue)s, %(actor)s)"
 
 REDISPATCH_ORPHANS = "SELECT * FROM wmq_redispatch_orphans(%(queue)s, %(actor)s)"
 

@@ -12,8 +12,9 @@ from service.core.models import Claimed
 
 
 def claim(core: Core, zaap_id: str, dispatch_id: UUID, worker_id: UUID) -> Claimed | None:
-    """The message, now this worker's, with the phase the claim granted; None if this broker
-    message is not the message's live dispatch (stale: skip it)."""
+    """The message, now this worker's, with the phase the claim granted (`busy`: in flight with
+    another worker under this dispatch); None if this broker message is not the message's live
+    dispatch (stale: skip it). Asking again for a dispatch this worker holds returns its grant."""
     row = core.one(queries.CLAIM, zaap_id=zaap_id, dispatch_id=dispatch_id, worker_id=worker_id)
     return None if row is None else Claimed.from_row(row)
 

@@ -2,7 +2,9 @@
 -- reason carried into the history, the instance lock (I1), and worker liveness.
 --
 -- Every file in sql/functions/ is re-applied, in name order, whenever any of them changes
--- (service/db.py `apply_definitions`): edit the definition here, never in a migration.
+-- (service/db.py `migrate`): edit a definition here, never in a migration, and raise the number
+-- in sql/functions/VERSION with every change (a process never applies older definitions).
+-- The service owns the names wmq_* (and get_next_message_sequence) and v_* in schema public.
 
 -- The statuses that keep a message in its instance's queue (it blocks every later one).
 CREATE FUNCTION wmq_is_unfinished(p_status text) RETURNS boolean

@@ -12,7 +12,12 @@
 -- (a typing phase 2 finishes). What it grants is returned, so the worker decides nothing again:
 -- `typing` (phase 1 of a message with delayTyping: status `running`, show the presence) or
 -- `send` (status `sending`, its attempt counted: the WhatsApp call comes next, so a worker that
--- dies from here on leaves an uncertain send). Zero rows: the broker message is stale; skip it.
+-- dies from here on leaves an uncertain send).
+-- The claim is idempotent: the same worker asking again for the dispatch it already holds (its
+-- first answer was lost with a connection) gets the same grant back. Another worker asking for
+-- the dispatch of a message in flight gets `busy`: the broker message is the live one and must
+-- stay (workers/broker.py puts it back) until its holder completes or is rescued. Zero rows: the
+-- broker message is stale; skip it and let it go.
 -- The unique index messages_one_in_flight makes two messages of one instance in flight
 -- impossible even if a dispatch were wrong.
 CREATE FUNCTION wmq_claim(p_zaap text, p_dispatch uuid, p_worker uuid)
@@ -43,6 +48,16 @@ BEGIN
     RETURNING CASE WHEN m.status = 'running' THEN 'typing' ELSE 'send' END,
               m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
               m.delay_typing_ms, m.attempts;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT CASE WHEN m.worker_id IS DISTINCT FROM p_worker THEN 'busy'
+                WHEN m.status = 'running' THEN 'typing' ELSE 'send' END,
+           m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
+           m.delay_typing_ms, m.attempts
+      FROM messages m
+     WHERE m.zaap_id = p_zaap AND m.dispatch_id = p_dispatch AND m.status IN ('running', 'sending');
 END
 $$;
 
@@ -68,29 +83,37 @@ END
 $$;
 
 -- The send succeeded. Record it, settle its broker message, and dispatch the next head, paced
--- from this send. The completed message's broker row (its live dispatch, claimed by this worker)
--- is deleted here, so completion and broker clean-up are one atomic step and the worker's ack
--- has nothing left to do (workers/broker.py). Returns false when the message is no longer this
--- worker's to complete.
+-- from this send. The completed message's broker row is deleted here, so completion and broker
+-- clean-up are one atomic step and the worker's ack has nothing left to do (workers/broker.py).
+-- A completion is accepted from the worker that claimed the send even after a rescue it did not
+-- deserve (it was taken for dead while the database was away, or while it stood still), as long
+-- as no other worker has claimed the message since: the rescue's dispatch is withdrawn, and the
+-- message is sent once. Returns false when the message is no longer this worker's to complete.
 CREATE FUNCTION wmq_complete(
     p_zaap text, p_worker uuid, p_whatsapp_id text, p_queue text, p_actor text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_instance uuid;
+    v_status text;
     v_dispatch uuid;
 BEGIN
     v_instance := (SELECT instance_id FROM messages WHERE zaap_id = p_zaap);
     PERFORM wmq_lock_instance(v_instance);
-    PERFORM wmq_set_detail('whatsapp id ' || p_whatsapp_id);
-    UPDATE messages
-       SET status = 'completed', whatsapp_message_id = p_whatsapp_id,
-           sent_at = now(), finished_at = now()
-     WHERE zaap_id = p_zaap AND status = 'sending' AND worker_id = p_worker
-    RETURNING dispatch_id INTO v_dispatch;
+    -- `retryable` or `discarded` with this worker still recorded: only the rescuer leaves a
+    -- message so (a worker's own failure comes instead of its completion, a claim by another
+    -- worker records that worker).
+    SELECT status, dispatch_id INTO v_status, v_dispatch FROM messages
+     WHERE zaap_id = p_zaap AND worker_id = p_worker AND status IN ('sending', 'retryable', 'discarded');
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    PERFORM wmq_set_detail('whatsapp id ' || p_whatsapp_id || CASE WHEN v_status = 'sending' THEN ''
+        ELSE '; the worker was alive after all: its rescue is withdrawn' END);
+    UPDATE messages
+       SET status = 'completed', whatsapp_message_id = p_whatsapp_id,
+           sent_at = now(), finished_at = now()
+     WHERE zaap_id = p_zaap;
     DELETE FROM dramatiq.queue WHERE message_id = v_dispatch;
     UPDATE instance_queues SET last_sent_at = now() WHERE instance_id = v_instance;
     PERFORM wmq_dispatch_head(v_instance, p_queue, p_actor);

@@ -2,16 +2,27 @@
 -- dead workers' messages, re-dispatch of heads whose broker message was lost, retention.
 -- Each re-checks every message under its instance lock (I1), so two leaders never act twice.
 
--- I5, rescue only the dead: recover the messages of dead workers (no broker heartbeat within p_ttl_s), and
--- those whose broker message is gone while they are still running or sending (a live worker
--- that could not record the outcome and gave up: its broker message was acked, so nobody will
--- finish it). A `running` message had not reached the send: it goes again. A `sending` one may or may not
--- have reached WhatsApp: with p_resend it is sent again (at-least-once; the attempt counts),
--- otherwise discarded with that reason. `typing` holds no worker: its phase-2 dispatch is in
--- the broker (and if not, wmq_redispatch_orphans finds it). Each message is re-checked under
+-- I5, rescue only the dead: recover the messages of dead workers, and those whose broker
+-- message is gone while they are still running or sending (a live worker that could not record
+-- the outcome and gave up: its broker message was acked, so nobody will finish it).
+--
+-- A worker is dead when its heartbeat is older than p_ttl_s *and the judge saw it happen*:
+-- p_judge says that the calling process has had continuous database access for longer than the
+-- TTL (workers/liveness.py). After an outage or a failover every heartbeat is stale, the
+-- judge's included; a judge that has just come back must not take its peers for dead, since
+-- they get back within a second or two and heartbeat at once. Without p_judge only the
+-- "gave up" rule applies.
+--
+-- A `running` message had not reached the send: it goes again, and the rescue counts as an
+-- attempt, so a message whose handling kills its worker (a Go panic) is discarded after the
+-- attempt limit instead of taking every worker down in turn. A `sending` one may or may not have
+-- reached WhatsApp: with p_resend it is sent again (at-least-once; the attempt counts), otherwise
+-- discarded with that reason. If the worker was alive after all and completes the send, its
+-- completion is still accepted (wmq_complete). `typing` holds no worker: its phase-2 dispatch is
+-- in the broker (and if not, wmq_redispatch_orphans finds it). Each message is re-checked under
 -- its instance lock, so two maintenance loops never recover one twice.
 CREATE FUNCTION wmq_rescue(
-    p_ttl_s double precision, p_resend boolean, p_queue text, p_actor text)
+    p_ttl_s double precision, p_resend boolean, p_judge boolean, p_queue text, p_actor text)
 RETURNS TABLE (zaap_id text, instance_id uuid, sequence bigint, from_status text, to_status text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -19,11 +30,12 @@ DECLARE
     m record;
     v_status text;
     v_cause text;
+    v_attempts integer;
 BEGIN
     FOR c IN
         SELECT x.zaap_id, x.instance_id FROM messages x
          WHERE x.status IN ('running', 'sending')
-           AND (NOT wmq_worker_alive(x.worker_id, p_ttl_s)
+           AND ((p_judge AND NOT wmq_worker_alive(x.worker_id, p_ttl_s))
                 OR NOT EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = x.dispatch_id))
          ORDER BY x.instance_id
     LOOP
@@ -36,7 +48,7 @@ BEGIN
         IF NOT FOUND OR m.status NOT IN ('running', 'sending') THEN
             CONTINUE;
         END IF;
-        IF wmq_worker_alive(m.worker_id, p_ttl_s) THEN
+        IF NOT p_judge OR wmq_worker_alive(m.worker_id, p_ttl_s) THEN
             IF EXISTS (SELECT 1 FROM dramatiq.queue q WHERE q.message_id = m.dispatch_id) THEN
                 CONTINUE;
             END IF;
@@ -45,9 +57,13 @@ BEGIN
             v_cause := 'worker ' || m.worker_id || ' died';
         END IF;
 
-        IF m.status = 'running' THEN
+        v_attempts := CASE WHEN m.status = 'running' THEN m.attempts + 1 ELSE m.attempts END;
+        IF m.status = 'running' AND v_attempts < m.max_attempts THEN
             v_status := 'scheduled';
-            PERFORM wmq_set_detail('rescued: ' || v_cause || ' before the send');
+            PERFORM wmq_set_detail('rescued: ' || v_cause || ' before the send (the attempt counts)');
+        ELSIF m.status = 'running' THEN
+            v_status := 'discarded';
+            PERFORM wmq_set_detail('rescued: ' || v_cause || ' before the send; no attempts left');
         ELSIF p_resend AND m.attempts < m.max_attempts THEN
             v_status := 'retryable';
             PERFORM wmq_set_detail('uncertain: ' || v_cause
@@ -60,8 +76,8 @@ BEGIN
         END IF;
         UPDATE messages x
            SET status = v_status,
-               last_error = CASE WHEN m.status = 'sending' THEN current_setting('wmq.event_detail')
-                                 ELSE x.last_error END,
+               attempts = v_attempts,
+               last_error = current_setting('wmq.event_detail'),
                finished_at = CASE WHEN v_status = 'discarded' THEN now() END
          WHERE x.zaap_id = m.zaap_id;
         IF v_status = 'discarded' THEN

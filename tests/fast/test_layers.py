@@ -49,3 +49,19 @@ def test_no_core_sql_names_a_transport() -> None:
         text = path.read_text()
         for name in ("'neonize'", "'simulator'", "simulator_", "whatsmeow"):
             assert name not in text, f"{path.relative_to(ROOT)} names {name}"
+
+
+def test_every_core_error_says_its_kind_and_subject() -> None:
+    """The API maps both in one table (service/api/errors.py); a core error that said neither
+    would otherwise get a guessed status."""
+    from typing import get_args
+
+    from service.api.errors import FIELD_OF_SUBJECT, STATUS_OF_KIND
+    from service.core import errors
+
+    found = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.CoreError)
+             and c is not errors.CoreError]
+    assert len(found) >= 6
+    for error in found:
+        assert error.kind in STATUS_OF_KIND and error.subject in FIELD_OF_SUBJECT, error
+    assert set(STATUS_OF_KIND) == set(get_args(errors.Kind)) and set(FIELD_OF_SUBJECT) == set(get_args(errors.Subject))

@@ -52,9 +52,12 @@ def test_every_function_has_one_current_definition() -> None:
 
     defined: dict[str, list[str]] = {}
     for path in definition_files():
-        for name in re.findall(r"^CREATE (?:FUNCTION|VIEW|TRIGGER) (\w+)", path.read_text(), re.M):
+        for name in re.findall(r"^CREATE (?:OR REPLACE )?(?:FUNCTION|VIEW|TRIGGER) (\w+)", path.read_text(), re.M):
             defined.setdefault(name, []).append(path.name)
     assert defined and all(len(files) == 1 for files in defined.values()), defined
+    # Names the service owns (service/db.py drops and recreates exactly these).
+    for name in defined:
+        assert name.startswith(("wmq_", "v_", "messages_status_")) or name == "get_next_message_sequence", name
     for path in sorted((SQL_DIR / "migrations").glob("*.sql")):
         assert not re.search(r"CREATE (OR REPLACE )?(FUNCTION|VIEW|TRIGGER)", path.read_text()), path.name
 
@@ -94,7 +97,7 @@ def test_a_changed_definition_is_applied_again_and_a_removed_one_dropped(empty_d
     sql_dir = tmp_path / "sql"
     (sql_dir / "functions").mkdir(parents=True)
     (sql_dir / "migrations").symlink_to(SQL_DIR / "migrations")
-    for path in definition_files():
+    for path in [*definition_files(), SQL_DIR / "functions" / "VERSION"]:
         (sql_dir / "functions" / path.name).write_text(path.read_text())
     extra = sql_dir / "functions" / "99_extra.sql"
     extra.write_text("CREATE FUNCTION wmq_extra() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;")
@@ -108,3 +111,39 @@ def test_a_changed_definition_is_applied_again_and_a_removed_one_dropped(empty_d
         assert conn.execute("SELECT to_regproc('wmq_extra')").fetchone() == (None,)
         # The triggers were dropped and made again: the history still records changes.
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'messages_status_%'").fetchone() == (2,)
+
+
+def test_an_operators_own_objects_and_extensions_in_public_survive_a_new_definition(empty_database: str,
+                                                                                    tmp_path: Path,
+                                                                                    monkeypatch: Any) -> None:
+    import service.db as db
+
+    migrate(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")  # its functions live in public
+        conn.execute("CREATE VIEW my_dashboard AS SELECT count(*) FROM messages")
+        conn.execute("CREATE FUNCTION my_helper() RETURNS int LANGUAGE sql AS $$ SELECT 2 $$")
+    sql_dir = tmp_path / "sql"
+    (sql_dir / "functions").mkdir(parents=True)
+    (sql_dir / "migrations").symlink_to(SQL_DIR / "migrations")
+    for path in [*definition_files(), SQL_DIR / "functions" / "VERSION"]:
+        (sql_dir / "functions" / path.name).write_text(path.read_text() + "\n")
+    monkeypatch.setattr(db, "SQL_DIR", sql_dir)
+    assert migrate(empty_database) == ["functions/"]
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT my_helper(), (SELECT count(*) FROM my_dashboard) >= 0").fetchone() == (2, True)
+        assert conn.execute("SELECT '[1,2]'::vector <-> '[1,3]'::vector").fetchone() == (1.0,)
+
+
+def test_a_process_never_applies_definitions_older_than_the_databases(empty_database: str) -> None:
+    """During a rolling update an old pod that restarts must not put old functions back."""
+
+    migrate(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("UPDATE schema_definitions SET checksum = '99' WHERE name = 'VERSION'")
+        conn.execute("UPDATE schema_definitions SET checksum = 'newer' WHERE name = '40_transitions.sql'")
+        before = conn.execute("SELECT pg_get_functiondef('wmq_claim'::regproc)").fetchone()
+    assert migrate(empty_database) == []
+    with psycopg.connect(empty_database) as conn:
+        assert pending_migrations(conn) == []
+        assert conn.execute("SELECT pg_get_functiondef('wmq_claim'::regproc)").fetchone() == before

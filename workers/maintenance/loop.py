@@ -28,9 +28,11 @@ class Task:
     run: Callable[[psycopg.Connection[Any]], int]
 
 
-def core_tasks(core: Core) -> list[Task]:
+def core_tasks(core: Core, judge: Callable[[], bool]) -> list[Task]:
+    """The core's tasks; `judge` says whether this process may take a stale heartbeat for a dead
+    worker (workers/liveness.py `Heartbeat.may_judge`)."""
     return [
-        Task("rescuer", lambda conn: rescuer.run(core, conn)),
+        Task("rescuer", lambda conn: rescuer.run(core, conn, judge=judge())),
         Task("dispatcher", lambda conn: dispatcher.run(core, conn)),
         Task("retention", lambda conn: retention.run(core, conn)),
     ]

@@ -7,10 +7,11 @@ answer in time may still reach WhatsApp: it is reported as uncertain.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as CallTimeout
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from neonize.utils.enum import ChatPresence, ChatPresenceMedia
@@ -51,8 +52,19 @@ class NeonizeTransport:
         self.manager = manager
         self.timeout = timeout
         self.calls = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="whatsapp-call")
+        #: Calls that did not answer in time and go on in their thread, by instance: until such a
+        #: call returns, the instance sends nothing more, or a later message could overtake it, or
+        #: a retry repeat it, if it lands after all (issue 11).
+        self.abandoned: dict[UUID, Future[Any]] = {}
+        self._lock = threading.Lock()
 
     def _session(self, instance_id: UUID) -> Session:
+        with self._lock:
+            pending = self.abandoned.get(instance_id)
+            if pending is not None and pending.done():
+                del self.abandoned[instance_id]
+            elif pending is not None:
+                raise InstanceDisconnected("an earlier WhatsApp call of this instance has not returned yet")
         session = self.manager.get(instance_id)
         if session is None:
             reason = "this worker does not hold the session" if not self.manager.owner else "no session yet"
@@ -61,13 +73,15 @@ class NeonizeTransport:
             raise InstanceDisconnected(f"{session.state}: {session.detail or 'not connected'}")
         return session
 
-    def _bounded(self, call: Callable[[], T], on_timeout: type[TransportError]) -> T:
+    def _bounded(self, instance_id: UUID, call: Callable[[], T], on_timeout: type[TransportError]) -> T:
         future = self.calls.submit(call)
         try:
             return future.result(timeout=self.timeout)
         except CallTimeout:
             if future.cancel():  # it never started (hung calls hold every helper): nothing was sent
                 raise RetryableSendError(f"no free connection to WhatsApp within {self.timeout:g}s") from None
+            with self._lock:
+                self.abandoned[instance_id] = future
             raise on_timeout(f"WhatsApp did not answer within {self.timeout:g}s") from None
         except TransportError:
             raise
@@ -82,16 +96,23 @@ class NeonizeTransport:
         session = self._session(instance_id)
         state, media = PRESENCES[presence]
         jid = parse_jid(to_jid_text(phone))
-        self._bounded(lambda: session.client.send_chat_presence(jid, state, media), RetryableSendError)
+        self._bounded(instance_id, lambda: session.client.send_chat_presence(jid, state, media), RetryableSendError)
 
     def send(self, message: OutgoingMessage) -> str:
         session = self._session(message.instance_id)
         jid = parse_jid(to_jid_text(message.phone))
 
         # Fetching and uploading media sends nothing yet: a timeout there is plainly retryable.
-        built = self._bounded(lambda: build_message(message.message_type, message.payload,
-                                                    upload=session.client.upload), RetryableSendError)
-        return self._bounded(lambda: str(session.client.send_message(jid, built).ID), UncertainSendError)
+        built = self._bounded(message.instance_id, lambda: build_message(message.message_type, message.payload,
+                                                                         upload=session.client.upload),
+                              RetryableSendError)
+        try:
+            return self._bounded(message.instance_id, lambda: str(session.client.send_message(jid, built).ID),
+                                 UncertainSendError)
+        except RetryableSendError as error:
+            # The send had started: a failure that is not plainly "not sent" (no connection, a
+            # refusal) may have reached WhatsApp, so the resend policy decides.
+            raise UncertainSendError(f"the send failed after it started: {error}") from None
 
     def close(self) -> None:
         self.calls.shutdown(wait=False, cancel_futures=True)

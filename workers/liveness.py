@@ -1,0 +1,85 @@
+"""Liveness that survives database outages: this worker's heartbeat, and whether this process
+may judge others dead.
+
+dramatiq-postgres writes heartbeats from its consumer loop, which stalls while the database is
+away; after an outage every heartbeat is stale and whoever reconnects first would take its peers
+for dead, resending what they had sent (issue 11). Here a thread of its own writes the
+heartbeat every MESSAGE_QUEUE_HEARTBEAT_INTERVAL, retrying every half second while the database
+is unreachable, and keeps how long this process has had *continuous* database access. A process
+may declare another worker dead (the rescuer, the broker's reaper) only once it has had that
+access for longer than the TTL: by then every live worker has been back for long enough to
+heartbeat. A gap between two of its own heartbeats (a failed write, or the process itself stood
+still: SIGSTOP, a VM pause) starts the count again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from workers.broker import HEARTBEAT
+
+logger = logging.getLogger("wmq.liveness")
+
+#: How soon a failed heartbeat is tried again: workers are back within this of the database.
+RETRY_SECONDS = 0.5
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, database_url: str, worker_id: UUID, *, interval: float, ttl: float) -> None:
+        super().__init__(name="wmq-heartbeat", daemon=True)
+        self.database_url = database_url
+        self.worker_id = worker_id
+        self.interval = interval
+        self.ttl = ttl
+        self._stopping = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._last_ok: float | None = None
+        self._continuous_since: float | None = None
+
+    def beat(self) -> bool:
+        """Write the heartbeat once; False if the database could not be reached."""
+        now = time.monotonic()
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=3,
+                                             application_name="wmq-heartbeat", keepalives=1, keepalives_idle=5,
+                                             keepalives_interval=2, keepalives_count=2)
+            self._conn.execute(HEARTBEAT, (self.worker_id,))
+        except psycopg.Error:
+            if self._continuous_since is not None:
+                logger.warning("heartbeat failed: the database is unreachable", exc_info=True)
+            self._continuous_since = None
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            return False
+        if self._last_ok is None or self._continuous_since is None or now - self._last_ok > self._max_gap():
+            self._continuous_since = now
+        self._last_ok = now
+        return True
+
+    def _max_gap(self) -> float:
+        return 2 * self.interval + RETRY_SECONDS
+
+    def may_judge(self) -> bool:
+        """Whether this process has had continuous database access for longer than the TTL, its
+        last heartbeat recent: only then may it take a stale heartbeat for a dead worker."""
+        since, last = self._continuous_since, self._last_ok
+        now = time.monotonic()
+        return since is not None and last is not None and now - since > self.ttl and now - last <= self._max_gap()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._stopping.wait(self.interval if self.beat() else RETRY_SECONDS)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()

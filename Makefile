@@ -28,7 +28,7 @@ check: install-test
 	$(BIN)/pytest tests/fast
 
 bench: install-test
-	cd bench && for script in drain enqueue lateness idle growth broker_choice; do ../$(BIN)/python $$script.py || exit 1; done
+	cd bench && for script in drain enqueue lateness idle growth broker_choice outage; do ../$(BIN)/python $$script.py || exit 1; done
 
 lint: install-test
 	$(BIN)/ruff check service workers tests scripts bench

@@ -30,7 +30,7 @@ __all__ = ["Stack", "cpu_seconds", "create_instances", "database", "percentile",
 
 @contextlib.contextmanager
 def workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="wmq-bench-") as path:
+    with tempfile.TemporaryDirectory(prefix="wmq-bench-", ignore_cleanup_errors=True) as path:
         yield Path(path)
 
 

@@ -1,4 +1,4 @@
-"""Every SQL statement the service runs, in one place.
+"""Every statement of the queue the Python side runs, in one place.
 
 The state machine itself is `sql/functions/`; these statements call it and read the tables.
 Parameters are named (`%(name)s`). The broker's own statements are in workers/broker.py; a

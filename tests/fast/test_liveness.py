@@ -5,11 +5,9 @@ flight that a skip must not delete."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
-import pytest
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
 
@@ -24,7 +22,6 @@ from tests.fast.helpers import (
     instance,
     lead,
     live_broker_row,
-    make_core,
     message,
     now,
     worker,
@@ -32,13 +29,6 @@ from tests.fast.helpers import (
 from workers.broker import QueueBroker, put_back
 from workers.liveness import Heartbeat
 from workers.maintenance import rescuer
-
-
-@pytest.fixture
-def core(database_url: str) -> Iterator[Core]:
-    core = make_core(database_url)
-    yield core
-    core.pool.close()
 
 
 def rescue(core: Core, *, judge: bool) -> int | None:

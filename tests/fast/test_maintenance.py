@@ -4,10 +4,6 @@ liveness is a dramatiq.worker heartbeat, fresh or an hour old."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from service.core import control, maintenance, transitions
 from service.core.context import Core
 from tests.fast.helpers import (
@@ -19,7 +15,6 @@ from tests.fast.helpers import (
     instance,
     lead,
     live_broker_row,
-    make_core,
     message,
     now,
     one,
@@ -29,14 +24,6 @@ from tests.fast.helpers import (
 from workers.maintenance import dispatcher, rescuer, retention
 from workers.maintenance.loop import Task, run_as_leader
 from workers.transports import simulator
-
-
-@pytest.fixture
-def core(database_url: str) -> Iterator[Core]:
-    core = make_core(database_url, message_queue_retention_period=3600)
-    yield core
-    core.pool.close()
-
 
 # --- rescuer (I5) -----------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ is a row of dramatiq.queue, and a claim names the dispatch id the consumed broke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
@@ -23,7 +22,6 @@ from tests.fast.helpers import (
     execute,
     instance,
     live_broker_row,
-    make_core,
     message,
     now,
     one,
@@ -31,14 +29,6 @@ from tests.fast.helpers import (
     sql,
     worker,
 )
-
-
-@pytest.fixture
-def core(database_url: str) -> Iterator[Core]:
-    core = make_core(database_url)
-    yield core
-    core.pool.close()
-
 
 # --- the claim (I3, I4) -----------------------------------------------------------------------
 

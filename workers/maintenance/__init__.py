@@ -1,5 +1,5 @@
 """Upkeep that no request triggers: one loop per worker process, one leader at a time (an
-advisory lock per task and round), each task a small module with a test beside it.
+advisory lock per task and round), each task a small module (its tests: tests/fast/test_maintenance.py).
 
 - `rescuer`: messages of dead workers (I5), and sessions of dead holders.
 - `dispatcher`: heads that should be in the broker and are not.

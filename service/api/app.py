@@ -50,7 +50,7 @@ def routes(settings: Settings) -> list[Route]:
         Route(f"{INSTANCE}/disconnect", e.disconnect_instance, methods=["POST"]),
         Route(f"{INSTANCE}/restart", e.restart_instance, methods=["POST"]),
     ]
-    if settings.whatsapp_transport == "simulator":
+    if settings.whatsapp_transport == "simulator":  # the simulator's own knobs, for tests and demos
         table += [
             Route("/simulator/instances/{instance}", e.simulator_configure, methods=["POST"]),
             Route("/simulator/instances/{instance}/events", e.simulator_events, methods=["GET"]),
@@ -58,10 +58,12 @@ def routes(settings: Settings) -> list[Route]:
     return table
 
 
-def create_app(settings: Settings, database_url: str, *, simulator: Any) -> Starlette:
-    """The API. `simulator` is the simulator transport's control surface (configure, state,
-    events: workers/transports/simulator.py `SimulatorControl`), wired by the caller so the API
-    imports no transport."""
+def create_app(settings: Settings, database_url: str, *, controls: dict[str, Any]) -> Starlette:
+    """The API. `controls`: by transport name, the API-side control of each transport that has no
+    WhatsApp session to ask (`configure`, `state`, `events`: workers/transports/simulator.py
+    `SimulatorControl`), each built on the API's pool; wired by the caller (service/cli.py) so the
+    API imports no transport. Instances of the other transports are steered through their
+    session holder (service/core/sessions.py)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,7 +72,7 @@ def create_app(settings: Settings, database_url: str, *, simulator: Any) -> Star
         app.state.core = Core(pool, settings, async_pool)
         app.state.settings = settings
         app.state.instances = InstanceCache()
-        app.state.simulator = simulator(pool)
+        app.state.controls = {name: build(pool) for name, build in controls.items()}
         try:
             yield
         finally:

@@ -227,15 +227,21 @@ async def resume_instance(request: Request) -> Response:
 # -- simulator control (mounted when the simulator is the default transport) -----------------
 
 
+def transport_control(request: Request, transport: str) -> Any | None:
+    """The API-side control of a transport that has no WhatsApp session to ask (the simulator:
+    workers/transports/simulator.py `SimulatorControl`), given to create_app; None for a
+    session transport, whose holder is asked through the core (`sessions.ask`)."""
+    return request.app.state.controls.get(transport)
+
+
 def simulator(request: Request) -> Any:
-    """The simulator's control surface (workers/transports/simulator.py), given to create_app."""
-    return request.app.state.simulator
+    return request.app.state.controls["simulator"]
 
 
-async def simulator_switch(request: Request, instance_id: UUID, **knobs: Any) -> dict[str, Any]:
-    """Set the simulated instance's knobs; flipping `connected` is a connection event."""
+async def switch(request: Request, control_: Any, instance_id: UUID, **knobs: Any) -> dict[str, Any]:
+    """Set a controlled instance's knobs; flipping `connected` is a connection event."""
     await call(instances.get, core(request), instance_id)
-    state = await call(simulator(request).configure, instance_id, **knobs)
+    state = await call(control_.configure, instance_id, **knobs)
     if knobs.get("connected") is not None:
         await call(control.set_connection, core(request), instance_id,
                    "connected" if knobs["connected"] else "disconnected", "simulator switch")
@@ -261,7 +267,7 @@ async def simulator_configure(request: Request) -> Response:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
                 raise ValidationError(field, f"{field} must be an integer from 0 to {maximum}")
             knobs[name] = value
-    state = await simulator_switch(request, instance_id, **knobs)
+    state = await switch(request, simulator(request), instance_id, **knobs)
     return JSONResponse({"connected": state["connected"], "failNext": state["fail_next"],
                          "failMode": state["fail_mode"], "latencyMs": state["latency_ms"]})
 
@@ -287,8 +293,9 @@ async def simulator_events(request: Request) -> Response:
 async def instance_status(request: Request) -> Response:
     """Z-API's status: is the instance connected, and if not, why."""
     instance = await authenticated(request)
-    if instance.transport == "simulator":
-        connected = bool((await call(simulator(request).state, instance.id))["connected"])
+    controlled = transport_control(request, instance.transport)
+    if controlled is not None:
+        connected = bool((await call(controlled.state, instance.id))["connected"])
         state, detail = ("connected", None) if connected else ("disconnected", "simulator switched off")
     else:
         status = await call(reads.connection, core(request), instance.id)
@@ -304,8 +311,8 @@ async def instance_status(request: Request) -> Response:
 
 async def _pairing_instance(request: Request) -> tuple[Instance, dict[str, Any]]:
     instance = await authenticated(request)
-    if instance.transport != "neonize":
-        raise ValidationError("instance", "simulator instances need no pairing", status=409)
+    if transport_control(request, instance.transport) is not None:
+        raise ValidationError("instance", f"{instance.transport} instances need no pairing", status=409)
     return instance, await call(reads.connection, core(request), instance.id)
 
 
@@ -350,10 +357,12 @@ async def phone_code(request: Request) -> Response:
     return JSONResponse({"code": result["code"]})
 
 
-async def _session_action(request: Request, command: str, simulator_connected: bool) -> Response:
+async def _session_action(request: Request, command: str, connected: bool) -> Response:
+    """A session transport's holder runs `command`; a controlled one (the simulator) is switched."""
     instance = await authenticated(request)
-    if instance.transport == "simulator":
-        await simulator_switch(request, instance.id, connected=simulator_connected)
+    controlled = transport_control(request, instance.transport)
+    if controlled is not None:
+        await switch(request, controlled, instance.id, connected=connected)
     else:
         await call(sessions.ask, core(request), instance.id, command)
     return JSONResponse({"value": True})
@@ -361,9 +370,9 @@ async def _session_action(request: Request, command: str, simulator_connected: b
 
 async def disconnect_instance(request: Request) -> Response:
     """Log the instance out of WhatsApp (it must be paired again); the simulator just goes offline."""
-    return await _session_action(request, "logout", simulator_connected=False)
+    return await _session_action(request, "logout", connected=False)
 
 
 async def restart_instance(request: Request) -> Response:
     """Reconnect the instance's WhatsApp session; the simulator comes back online."""
-    return await _session_action(request, "restart", simulator_connected=True)
+    return await _session_action(request, "restart", connected=True)

@@ -14,7 +14,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.stack import ROOT
-from workers.transports.base import InstanceDisconnected, PermanentSendError, RetryableSendError
+from workers.transports.base import (
+    InstanceDisconnected,
+    PermanentSendError,
+    RetryableSendError,
+    UncertainSendError,
+)
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.media import fetch_media
 from workers.transports.neonize.store import store_url
@@ -91,27 +96,63 @@ class SendMessageError(Exception):
     """Stands in for neonize.exc.SendMessageError: only the message text is mapped."""
 
 
+#: whatsmeow's own error texts (errors.go, send.go, request.go, socket/constants.go), as neonize
+#: hands them over, with what each means for the message being sent.
+SEND_ERRORS = [
+    # The frame went out; the answer did not come back: uncertain, never a silent retry.
+    ("websocket disconnected before message send returned response", UncertainSendError),
+    ("websocket disconnected before message send (retry) returned response", UncertainSendError),
+    ("timed out waiting for message send response", UncertainSendError),
+    ("websocket not connected", UncertainSendError),  # bare: only retryFrame, after the send
+    ("frame socket is closed", UncertainSendError),
+    # Nothing left.
+    ("failed to send message node: websocket not connected", InstanceDisconnected),
+    ("failed to send message node: frame socket is closed", InstanceDisconnected),
+    ("client is nil", InstanceDisconnected),
+    ("the store doesn't contain a device JID", InstanceDisconnected),
+    ("failed to dial whatsapp web websocket: dial tcp: lookup web.whatsapp.com: no such host",
+     InstanceDisconnected),
+    ("failed to get user info for 5511999999999@s.whatsapp.net to fill LID cache: "
+     "websocket disconnected before info query returned response", InstanceDisconnected),
+    # Never deliverable as it is.
+    ("no LID found for 5511999999999@s.whatsapp.net from server", PermanentSendError),
+    ("can't send message to unknown server example.com", PermanentSendError),
+    ("message recipient must be a user JID with no device part", PermanentSendError),
+    ("sending to non-status broadcast lists is not yet supported", PermanentSendError),
+    ("failed to get user info for 1@s.whatsapp.net to fill LID cache: info query returned status 400: "
+     "bad-request", PermanentSendError),
+    ("server returned error 479", PermanentSendError),
+    # Refused before delivery; may pass later.
+    ("server returned error 503", RetryableSendError),
+    ("failed to get device list: info query timed out", RetryableSendError),
+    ("failed to get user info for 1@s.whatsapp.net to fill LID cache: info query returned status 429: "
+     "rate-overlimit", RetryableSendError),
+    ("can't encrypt message for device: no signal session established with 1.0:0", RetryableSendError),
+    # Unknown while writing the frame: it may have gone out.
+    ("something nobody has seen before", UncertainSendError),
+]
+
+
+@pytest.mark.parametrize(("message", "kind"), SEND_ERRORS)
+def test_whatsmeow_send_errors_map_to_what_they_mean_for_the_message(message: str, kind: type) -> None:
+    mapped = map_error(SendMessageError(message), sending=True)
+    assert type(mapped) is kind
+    assert message in str(mapped) and "SendMessageError" in str(mapped)
+
+
 @pytest.mark.parametrize(
     ("message", "kind"),
     [
+        # Outside the send call (presence, upload, connect) no message frame was in flight.
         ("websocket not connected", InstanceDisconnected),
-        ("client is nil", InstanceDisconnected),
-        ("the store doesn't contain a device JID", InstanceDisconnected),
-        ("failed to dial whatsapp web websocket: dial tcp: no such host", InstanceDisconnected),
-        ("invalid JID: 123", PermanentSendError),
-        ("the number is not on WhatsApp", PermanentSendError),
-        ("unsupported media type", PermanentSendError),
-        ("server returned error 406", PermanentSendError),
-        ("info query timed out", RetryableSendError),
-        ("context deadline exceeded", RetryableSendError),
-        ("server returned error 503", RetryableSendError),
+        ("timed out waiting for message send response", RetryableSendError),
         ("something nobody has seen before", RetryableSendError),
+        ("failed to dial whatsapp web websocket: dial tcp 127.0.0.1:9: connect: connection refused",
+         InstanceDisconnected),
     ],
 )
-def test_neonize_errors_map_to_typed_errors(message: str, kind: type) -> None:
-    mapped = map_error(SendMessageError(message))
-    assert type(mapped) is kind
-    assert message in str(mapped) and "SendMessageError" in str(mapped)
+def test_errors_outside_the_send_call_are_never_uncertain(message: str, kind: type) -> None:
+    assert type(map_error(SendMessageError(message))) is kind
 
 
 @pytest.fixture

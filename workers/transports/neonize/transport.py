@@ -73,7 +73,10 @@ class NeonizeTransport:
             raise InstanceDisconnected(f"{session.state}: {session.detail or 'not connected'}")
         return session
 
-    def _bounded(self, instance_id: UUID, call: Callable[[], T], on_timeout: type[TransportError]) -> T:
+    def _bounded(self, instance_id: UUID, call: Callable[[], T], on_timeout: type[TransportError], *,
+                 sending: bool = False) -> T:
+        """Run a WhatsApp call within the job timeout. `sending`: the call writes the message
+        frame, so a timeout or an unknown error may mean it went out (errors.py)."""
         future = self.calls.submit(call)
         try:
             return future.result(timeout=self.timeout)
@@ -86,7 +89,7 @@ class NeonizeTransport:
         except TransportError:
             raise
         except Exception as error:
-            raise map_error(error) from None
+            raise map_error(error, sending=sending) from None
 
     def is_connected(self, instance_id: UUID) -> bool:
         session = self.manager.get(instance_id)
@@ -106,13 +109,8 @@ class NeonizeTransport:
         built = self._bounded(message.instance_id, lambda: build_message(message.message_type, message.payload,
                                                                          upload=session.client.upload),
                               RetryableSendError)
-        try:
-            return self._bounded(message.instance_id, lambda: str(session.client.send_message(jid, built).ID),
-                                 UncertainSendError)
-        except RetryableSendError as error:
-            # The send had started: a failure that is not plainly "not sent" (no connection, a
-            # refusal) may have reached WhatsApp, so the resend policy decides.
-            raise UncertainSendError(f"the send failed after it started: {error}") from None
+        return self._bounded(message.instance_id, lambda: str(session.client.send_message(jid, built).ID),
+                             UncertainSendError, sending=True)
 
     def close(self) -> None:
         self.calls.shutdown(wait=False, cancel_futures=True)

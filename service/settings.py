@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     whatsapp_reconnect_max_backoff: Duration = 60.0
     #: How long the API waits for the worker holding a session to run a command (pair code, …).
     whatsapp_command_timeout: Duration = 20.0
+    #: How long one pairing attempt may last (WhatsApp's QR window is about 160 s).
+    whatsapp_pairing_timeout: Duration = 170.0
 
     @model_validator(mode="after")
     def _validate(self) -> Settings:

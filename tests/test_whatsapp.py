@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from service.core import maintenance
 from tests.stack import ROOT, Stack, wait_until
+from tests.whatsmeow_rows import insert_device
 
 
 def run_check(name: str, **env: str) -> str:
@@ -35,11 +37,26 @@ def test_an_abandoned_whatsapp_call_keeps_its_instance_waiting() -> None:
     assert "the instance waited for it" in run_check("abandoned_call")
 
 
-def test_session_events_move_the_instance_state_and_logout_stops_sends(database_url: str) -> None:
-    assert "logged out" in run_check("session_events", DATABASE_URL=database_url)
+def test_every_connection_outcome_is_a_state_with_its_reason(database_url: str) -> None:
+    assert "every outcome is a state with its reason" in run_check("session_events", DATABASE_URL=database_url)
 
 
-def test_unreachable_whatsapp_leaves_the_instance_disconnected_and_others_flowing(make_stack: Any) -> None:
+def test_each_client_has_a_registry_key_of_its_own_and_no_finalizer() -> None:
+    assert "one per client, no finalizer" in run_check("client_keys")
+
+
+def test_pairing_runs_in_a_child_process_that_ends_with_the_attempt() -> None:
+    assert "stuck attempt killed" in run_check("pairing")
+
+
+def test_the_session_store_takes_commas_and_keeps_no_connection_of_a_finished_connect(database_url: str) -> None:
+    assert "the session none in 3" in run_check("store", DATABASE_URL=database_url)
+
+
+def test_an_unpaired_instance_waits_for_a_pairing_request_and_others_flow(make_stack: Any) -> None:
+    """A neonize instance connects nothing until a QR code is asked for; its messages wait, the
+    simulator's flow. Asking starts a real pairing attempt, which cannot reach WhatsApp from here:
+    the answer says so, and the instance is unpaired again, saying why."""
     stack: Stack = make_stack()
     real = stack.create_instance(transport="neonize")
     simulated = stack.create_instance()
@@ -47,22 +64,26 @@ def test_unreachable_whatsapp_leaves_the_instance_disconnected_and_others_flowin
     flowing = stack.send_text(simulated, "simulated")["zaapId"]
     stack.wait_completed([flowing], timeout=30)
 
-    def connect_failed() -> bool:
-        row = stack.one("SELECT connection_state, connection_detail FROM instances WHERE id = %s", (real["id"],))
-        return row["connection_state"] == "disconnected" and "failed to dial" in (row["connection_detail"] or "")
+    def state() -> dict[str, Any]:
+        return stack.one("SELECT connection_state, connection_detail FROM instances WHERE id = %s", (real["id"],))
 
-    wait_until(connect_failed, 60, "the connect attempt to fail")
+    wait_until(lambda: state()["connection_state"] == "unpaired", 60, "the session to say it is unpaired")
+    assert "request a QR code or a phone code" in state()["connection_detail"]
     status = stack.http.get(f"{stack.base(real)}/status").json()
-    assert (status["connected"], status["state"]) == (False, "disconnected")
-    assert "failed to dial" in status["error"]
+    assert (status["connected"], status["state"]) == (False, "unpaired")
 
     def snoozed() -> bool:
-        return any("disconnected" in (e["detail"] or "") for e in stack.history(waiting))
+        return any("unpaired" in (e["detail"] or "") for e in stack.history(waiting))
 
     wait_until(snoozed, 60, "the real instance's head to be snoozed")
     job = stack.job(waiting)
-    assert (job["status"], job["attempts"]) == ("scheduled", 0)
+    assert (job["status"], job["attempts"]) == ("scheduled", 0), [e["detail"] for e in stack.history(waiting)]
     assert stack.one("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'whatsmeow'")["n"] >= 17
+
+    answer = stack.http.get(f"{stack.base(real)}/qr-code", timeout=60)
+    assert answer.status_code == 409 and "failed to dial" in answer.json()["error"], answer.text
+    assert state()["connection_state"] == "unpaired" and "failed to dial" in state()["connection_detail"]
+    assert stack.job(waiting)["status"] == "scheduled"
 
 
 @pytest.fixture
@@ -90,36 +111,43 @@ def silent_proxy() -> Iterator[str]:
     server.close()
 
 
-def test_a_hanging_connect_blocks_no_message_thread(make_stack: Any, silent_proxy: str) -> None:
-    stack: Stack = make_stack(MESSAGE_QUEUE_WORKER_THREADS=1, WHATSAPP_PROXY=silent_proxy)
+def test_a_pairing_attempt_stuck_in_go_ends_at_its_deadline(make_stack: Any, silent_proxy: str) -> None:
+    """A WhatsApp that accepts and never answers: the pairing attempt hangs in Go, holds no
+    message thread, is killed at its deadline (the instance says so), and the worker still stops
+    at once."""
+    stack: Stack = make_stack(MESSAGE_QUEUE_WORKER_THREADS=1, WHATSAPP_PROXY=silent_proxy,
+                              WHATSAPP_COMMAND_TIMEOUT="2s", WHATSAPP_PAIRING_TIMEOUT="4s")
     real = stack.create_instance(transport="neonize")
-    wait_until(lambda: stack.one("SELECT connection_state FROM instances WHERE id = %s",
-                                 (real["id"],))["connection_state"] == "connecting", 30, "the connect to start")
-    stack.send_text(real, "waits for the connection")
+
+    def state() -> dict[str, Any]:
+        return stack.one("SELECT connection_state, connection_detail FROM instances WHERE id = %s", (real["id"],))
+
+    wait_until(lambda: state()["connection_state"] == "unpaired", 60, "the session to start")
+    answer = stack.http.get(f"{stack.base(real)}/qr-code", timeout=30)
+    assert answer.status_code == 409 and "no QR code yet" in answer.json()["error"], answer.text
+    assert state()["connection_state"] == "pairing"
+    stack.send_text(real, "waits for the pairing")
     simulated = stack.create_instance()
     ids = [stack.send_text(simulated, f"m{n}")["zaapId"] for n in range(3)]
     stack.wait_completed(ids, timeout=30)
-    assert stack.one("SELECT connection_state FROM instances WHERE id = %s", (real["id"],))["connection_state"] \
-        == "connecting"
-    # Stopping does not wait out the stuck connect (about a minute in the Go library).
+    wait_until(lambda: state()["connection_state"] == "unpaired", 30, "the stuck attempt to end")
+    assert "expired unused" in state()["connection_detail"]
+    children = subprocess.run(["pgrep", "-f", "workers.transports.neonize.pairing"], capture_output=True, text=True)
+    assert children.stdout.strip() == "", "the stuck pairing child outlived its deadline"
     assert stack.stop_process(stack.workers[0], timeout=20) == 0
 
 
 def test_pairing_routes(make_stack: Any) -> None:
-    stack: Stack = make_stack(workers=0, WHATSAPP_COMMAND_TIMEOUT="1s")
+    stack: Stack = make_stack(WHATSAPP_COMMAND_TIMEOUT="1s")
     real = stack.create_instance(transport="neonize")
     simulated = stack.create_instance()
     base = stack.base(real)
 
     assert stack.http.get(f"{stack.base(simulated)}/qr-code").status_code == 409
-    no_qr = stack.http.get(f"{base}/qr-code")
-    assert no_qr.status_code == 409 and "no QR code yet" in no_qr.json()["error"]
-    # No worker holds the session: the command is not answered, and nothing is left pending.
-    unanswered = stack.http.get(f"{base}/phone-code/5511988887777")
-    assert unanswered.status_code == 409 and "answered" in unanswered.json()["error"]
-    assert stack.one("SELECT count(*) AS n FROM instance_commands")["n"] == 0
     assert stack.http.get(f"{base}/phone-code/not-a-phone").json()["field"] == "phone"
-
+    wait_until(lambda: stack.all("SELECT 1 AS ok FROM instances WHERE id = %s AND connection_state = 'unpaired'",
+                                 (real["id"],)), 60, "the session")
+    # A code the holder recorded is served as text and as a PNG.
     stack.all("UPDATE instances SET qr_code = '2@abc,def', qr_updated_at = now(), connection_state = 'qr'"
               " WHERE id = %s RETURNING id", (real["id"],))
     qr = stack.http.get(f"{base}/qr-code").json()
@@ -127,9 +155,37 @@ def test_pairing_routes(make_stack: Any) -> None:
     image = stack.http.get(f"{base}/qr-code/image")
     assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
 
-    status = stack.http.get(f"{base}/status").json()
-    assert (status["connected"], status["state"], status["transport"]) == (False, "disconnected", "neonize")
-    assert status["error"] == "no worker holds the session"
+    # No worker holds the session: the command is not answered, and nothing is left pending.
+    assert stack.stop_process(stack.workers[0], timeout=20) == 0
+    unanswered = stack.http.get(f"{base}/phone-code/5511988887777")
+    assert unanswered.status_code == 409 and "answered" in unanswered.json()["error"]
+    assert stack.one("SELECT count(*) AS n FROM instance_commands")["n"] == 0
+
+
+def test_a_paired_instance_refuses_another_pairing_with_the_reason(make_stack: Any, database_url: str) -> None:
+    """An instance with a linked device (in the store, as after a real pairing) connects with it
+    at start; a QR code or phone code for it is refused with a 409 that says why."""
+    jid = "5511988887777:3@s.whatsapp.net"
+    stack: Stack = make_stack(workers=0)
+    real = stack.create_instance(transport="neonize")
+    stack.start_worker()
+    wait_until(lambda: stack.all("SELECT 1 AS ok FROM information_schema.tables WHERE table_schema = 'whatsmeow'"
+                                 " AND table_name = 'whatsmeow_device'"), 60, "the session store")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        insert_device(conn, jid)
+        conn.execute("UPDATE instances SET whatsapp_jid = %s WHERE id = %s", (jid, real["id"]))
+    stack.stop_process(stack.workers[0], timeout=20)
+    stack.start_worker()  # a restarted worker reads the linked device from the instance row
+
+    def tried() -> list[dict[str, Any]]:
+        return stack.all("SELECT connection_state, connection_detail FROM instances WHERE id = %s AND"
+                         " connection_detail LIKE '%%failed to dial%%'", (real["id"],))
+
+    wait_until(tried, 60, "a connect with the linked device (WhatsApp is out of reach here)")
+    for route in ("phone-code/5511988887777", "qr-code"):
+        refused = stack.http.get(f"{stack.base(real)}/{route}")
+        assert refused.status_code == 409 and f"already paired with {jid}" in refused.json()["error"], refused.text
+    assert stack.one("SELECT whatsapp_jid FROM instances WHERE id = %s", (real["id"],))["whatsapp_jid"] == jid
 
 
 def test_a_dead_session_holder_leaves_no_instance_connected(make_stack: Any) -> None:

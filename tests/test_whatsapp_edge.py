@@ -9,8 +9,11 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
 
+import psycopg
 import pytest
 
 from tests.stack import ROOT
@@ -22,7 +25,8 @@ from workers.transports.base import (
 )
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.media import fetch_media
-from workers.transports.neonize.store import store_url
+from workers.transports.neonize.registry import RegistryLock
+from workers.transports.neonize.store import StoreError, check_schema, store_url
 
 #: The modules that load neonize's Go library on import: the worker imports them only once a
 #: `neonize` instance exists, and the tests only in subprocesses.
@@ -192,7 +196,80 @@ def test_media_is_fetched_from_urls_data_uris_and_base64(media_server: str) -> N
 
 
 def test_store_url_is_a_postgres_url_in_its_own_schema() -> None:
-    assert store_url("host=/tmp/pg dbname=wmq user=postgres", "whatsmeow") == (
-        "postgresql://postgres@/wmq?search_path=whatsmeow&sslmode=disable&host=%2Ftmp%2Fpg")
+    assert store_url("host=/tmp/pg dbname=wmq user=postgres", "whatsmeow", "i/1") == (
+        "postgresql://postgres@/wmq?search_path=whatsmeow&sslmode=disable&connect_timeout=5"
+        "&application_name=wmq-store%3Ai%2F1&host=%2Ftmp%2Fpg")
     assert store_url("postgresql://app:s%40cret@db:5433/wmq?sslmode=require", "wa") == (
-        "postgresql://app:s%40cret@db:5433/wmq?search_path=wa&sslmode=require")
+        "postgresql://app:s%40cret@db:5433/wmq?search_path=wa&sslmode=require&connect_timeout=5"
+        "&application_name=wmq-store%3Ainit")
+    # A password with a slash (or any reserved character) stays inside the user info.
+    url = store_url("postgresql://app:pa%2Fss%3Fw%23rd@db/wmq", "wa")
+    assert url.startswith("postgresql://app:pa%2Fss%3Fw%23rd@db/wmq?")
+    parsed = urlsplit(url)
+    assert (unquote(parsed.password or ""), parsed.hostname, parsed.path) == ("pa/ss?w#rd", "db", "/wmq")
+
+
+def test_a_leftover_version_table_in_another_schema_is_named_at_start(database_url: str) -> None:
+    """whatsmeow's migrations find tables by name in any schema, so a `public.whatsmeow_version`
+    would make them skip creating the store: said plainly instead of failing later."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        check_schema(conn, "whatsmeow")  # a clean database
+        conn.execute("CREATE TABLE public.whatsmeow_version (version integer)")
+        with pytest.raises(StoreError, match="whatsmeow_version table in schema public"):
+            check_schema(conn, "whatsmeow")
+        check_schema(conn, "public")  # the store may live there, if told so
+        conn.execute("CREATE SCHEMA whatsmeow; CREATE TABLE whatsmeow.whatsmeow_version (version integer)")
+        check_schema(conn, "whatsmeow")  # ours exists already: whatsmeow reads its own
+
+
+def test_the_go_registry_lock_keeps_reads_off_a_connect_and_never_waits_on_a_hung_call() -> None:
+    """neonize's Go maps crash the process on a read during a write (registry.py): reads share,
+    a connect's writes and a stop exclude them, and a call hung in Go holds nothing past its lease."""
+    lock = RegistryLock(lease=0.2, grace=0.5, wait=1.0)
+    inside: list[str] = []
+    both_in = threading.Barrier(2, timeout=5)
+
+    def reader(name: str) -> None:
+        def call() -> None:
+            inside.append(name)
+            both_in.wait()  # two reads at once, or this times out
+        lock.read(call)
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in ("a", "b")]
+    for thread in readers:
+        thread.start()
+    for thread in readers:
+        thread.join(5)
+    assert sorted(inside) == ["a", "b"] and lock.stats["max_readers"] == 2
+
+    # A read hung in Go: a stop gets through once the lease is over, long before the call ends.
+    hung = threading.Event()
+    threading.Thread(target=lambda: lock.read(lambda: hung.wait(10)), daemon=True).start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    lock.write(lambda: None)
+    assert time.monotonic() - started < 2
+    hung.set()
+
+    # A connect's gate holds reads off until its client's first event (or the grace).
+    gate = lock.connect_gate()
+    waited: list[float] = []
+    started = time.monotonic()
+    reading = threading.Thread(target=lambda: waited.append(lock.read(time.monotonic)))
+    reading.start()
+    time.sleep(0.1)
+    assert not waited, "a read went through during a connect's writes"
+    gate.release()
+    reading.join(5)
+    assert waited and waited[0] - started >= 0.1 and lock.stats["reads_waited"] >= 1
+    # Released by the grace alone, and a second release changes nothing.
+    gate = lock.connect_gate()
+    assert lock.read(lambda: "after the grace") == "after the grace"
+    gate.release()
+    assert lock.read(lambda: "still fine") == "still fine"
+
+    # A read that cannot get in within its wait sends nothing and says why.
+    slow = RegistryLock(lease=0.2, grace=5, wait=0.2)
+    slow.connect_gate()
+    with pytest.raises(RetryableSendError, match="nothing was sent"):
+        slow.read(lambda: "never")

@@ -317,13 +317,11 @@ async def _pairing_instance(request: Request) -> tuple[Instance, dict[str, Any]]
 
 
 async def _current_qr(request: Request) -> dict[str, Any]:
-    """The pairing instance's status, if it has a QR code to show (409 saying why not)."""
-    _, status = await _pairing_instance(request)
+    """The pairing QR code, starting a pairing attempt if none is under way (409 saying why not)."""
+    instance, status = await _pairing_instance(request)
     if status["connection_state"] == "connected":
         raise ValidationError("instance", "the instance is already connected", status=409)
-    if not status["qr_code"]:
-        raise ValidationError("instance", "no QR code yet: the worker is connecting, try again shortly", status=409)
-    return status
+    return await call(sessions.request_qr, core(request), instance.id)
 
 
 async def qr_code(request: Request) -> Response:

@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from service.core import control, queries
+from service.core import control, queries, reads
 from service.core.context import Core
 from service.core.errors import InstanceNotFound, SessionCommandFailed
 
@@ -45,6 +45,24 @@ def ask(core: Core, instance_id: UUID, command: str, args: dict[str, Any] | None
         time.sleep(0.1)
     core.one(queries.CANCEL_COMMAND, id=row["id"])
     raise SessionCommandFailed("no worker holding this WhatsApp session answered in time")
+
+
+def request_qr(core: Core, instance_id: UUID) -> dict[str, Any]:
+    """The instance's QR code: pairing starts only when someone asks (a pairing attempt runs
+    about 160 s, in the worker holding the session). Waits for the first code of a new attempt."""
+    status = reads.connection(core, instance_id)
+    if status["owner_alive"] and status["connection_state"] == "qr" and status["qr_code"]:
+        return status
+    ask(core, instance_id, "pair")
+    deadline = time.monotonic() + core.settings.whatsapp_command_timeout
+    while time.monotonic() < deadline:
+        status = reads.connection(core, instance_id)
+        if status["connection_state"] == "qr" and status["qr_code"]:
+            return status
+        if status["connection_state"] != "pairing":  # the attempt ended: the detail says why
+            raise SessionCommandFailed(status["connection_detail"] or f"pairing ended: {status['connection_state']}")
+        time.sleep(0.2)
+    raise SessionCommandFailed("no QR code yet: WhatsApp has not answered the pairing attempt; try again shortly")
 
 
 class SessionHost:

@@ -75,10 +75,10 @@ def test_a_database_at_version_6_upgrades_to_exactly_the_new_schema(database_url
         broker_before = conn.execute("SELECT message_id, queue_name, available_at FROM dramatiq.queue"
                                      " ORDER BY message_id").fetchall()
     with psycopg.connect(empty_database) as conn:
-        assert pending_migrations(conn) == ["007_transports.sql", "functions/"]
+        assert pending_migrations(conn) == ["007_transports.sql", "008_pairing_on_request.sql", "functions/"]
     assert len(before) == 9 and len(broker_before) == 3
 
-    assert migrate(empty_database) == ["007_transports.sql", "functions/"]
+    assert migrate(empty_database) == ["007_transports.sql", "008_pairing_on_request.sql", "functions/"]
 
     with psycopg.connect(empty_database, row_factory=dict_row) as conn:
         assert conn.execute("SELECT * FROM messages ORDER BY zaap_id").fetchall() == before

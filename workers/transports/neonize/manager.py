@@ -19,7 +19,7 @@ from uuid import UUID
 from service.settings import Settings
 from workers.transports.base import SessionHost
 from workers.transports.neonize import IMPORT_LOCK
-from workers.transports.neonize.store import device_exists, init_store
+from workers.transports.neonize.store import Store, StoreError, init_store
 
 if TYPE_CHECKING:
     from workers.transports.neonize.sessions import Session
@@ -40,7 +40,8 @@ class SessionManager(threading.Thread):
         self.sessions: dict[UUID, Session] = {}
         self.owner = False
         self._stopping = threading.Event()
-        self._store_url: str | None = None
+        self._store: Store | None = None
+        self._store_error: str | None = None
 
     def get(self, instance_id: UUID) -> Session | None:
         return self.sessions.get(instance_id)
@@ -93,25 +94,39 @@ class SessionManager(threading.Thread):
     def _sync(self) -> None:
         """A session for every instance of this transport; none for removed ones."""
         rows = self.host.instances(self.transport)
-        if rows:
-            with IMPORT_LOCK:
-                if self._store_url is None:
-                    self._store_url = init_store(self.database_url, self.settings.whatsapp_store_schema)
-                from workers.transports.neonize.sessions import Session  # loads the Go library
-        for instance_id, jid in rows.items():
-            if instance_id not in self.sessions:
-                session = Session(instance_id, self._store_url or "", jid, self._record,
-                                  proxy=self.settings.whatsapp_proxy,
-                                  max_backoff=self.settings.whatsapp_reconnect_max_backoff,
-                                  device_exists=self._device_exists)
-                self.sessions[instance_id] = session
-                session.start()
-                self._stopping.wait(0.1)  # staggered: neonize's Go registry is not thread-safe
         for instance_id in set(self.sessions) - set(rows):
             self.sessions.pop(instance_id).stop()
+        if not rows or (self._store is None and not self._open_store(rows)):
+            return  # the Go library is loaded only once an instance needs it
+        from workers.transports.neonize.sessions import Session  # loaded by _open_store, under its lock
 
-    def _device_exists(self, jid: str) -> bool:
-        return device_exists(self.database_url, self.settings.whatsapp_store_schema, jid)
+        assert self._store is not None
+        for instance_id, jid in rows.items():
+            if instance_id not in self.sessions:
+                session = Session(instance_id, self._store, jid, self._record,
+                                  proxy=self.settings.whatsapp_proxy,
+                                  max_backoff=self.settings.whatsapp_reconnect_max_backoff,
+                                  pairing_deadline=self.settings.whatsapp_pairing_timeout)
+                self.sessions[instance_id] = session
+                session.start()
+
+    def _open_store(self, rows: dict[UUID, str | None]) -> bool:
+        """Load the Go library and create the store's tables; a store that cannot be used is every
+        instance's state (and is tried again at the next check)."""
+        schema = self.settings.whatsapp_store_schema
+        try:
+            with IMPORT_LOCK:
+                init_store(self.database_url, schema)
+                from workers.transports.neonize.sessions import Session  # noqa: F401 - loads the Go library
+        except StoreError as error:
+            if str(error) != self._store_error:
+                logger.error("the WhatsApp session store cannot be used", extra={"detail": str(error)})
+                self._store_error = str(error)
+            for instance_id in rows:
+                self._record(instance_id, "store_error", str(error), {})
+            return False
+        self._store, self._store_error = Store(self.database_url, schema), None
+        return True
 
     def _record(self, instance_id: UUID, state: str, detail: str | None, extra: dict[str, Any]) -> None:
         if not self.owner:  # a process that lost the sessions must not overwrite the holder's record
@@ -123,8 +138,11 @@ class SessionManager(threading.Thread):
 
     def _execute(self, instance_id: UUID, command: str, args: dict[str, Any]) -> dict[str, Any]:
         session = self.sessions[instance_id]
+        if command == "pair":
+            session.pair()
+            return {"state": session.state}
         if command == "pair_phone":
-            return {"code": session.pair_phone(args["phone"])}
+            return {"code": session.pair(args["phone"], wait=max(self.settings.whatsapp_command_timeout - 2, 1))}
         if command == "logout":
             session.logout()
             return {"state": session.state}

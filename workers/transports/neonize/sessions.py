@@ -1,45 +1,63 @@
-"""WhatsApp sessions: one neonize client per instance, each connected in a thread of its own.
+"""WhatsApp sessions: one neonize client per paired instance, each connected in a thread of its own.
+
+An instance with no WhatsApp account linked stays `unpaired` and connects nothing until someone
+asks for a QR code or a phone code; then a pairing attempt runs in a child process
+(pairing.py) that is killed when it is over, and once the phone has linked the device the
+session connects with it here.
 
 `connect()` blocks for the life of the connection (and for up to a minute against a network
 that accepts and never answers), so it never runs on a message thread. Connection events
 become the instance's state in PostgreSQL through the `Listener`; a dead session thread leaves
-the instance `disconnected`, never `connected`.
+the instance `disconnected`, never `connected`. Every call into the Go library goes through
+`REGISTRY` (registry.py).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from neonize.client import NewClient
 from neonize.events import (
+    ClientOutdatedEv,
     ConnectedEv,
+    ConnectFailureEv,
     DisconnectedEv,
+    KeepAliveRestoredEv,
+    KeepAliveTimeoutEv,
     LoggedOutEv,
-    PairStatusEv,
-    QREv,
+    StreamErrorEv,
     StreamReplacedEv,
     TemporaryBanEv,
 )
-from neonize.proto.Neonize_pb2 import JID
+from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason
 from neonize.utils import build_jid
 
 from workers.transports.neonize.errors import map_error
+from workers.transports.neonize.pairing import PairingAttempt
+from workers.transports.neonize.registry import REGISTRY, Hold, client_key, new_client, stop_client
+from workers.transports.neonize.store import Store
 
 logger = logging.getLogger("wmq.whatsapp")
 
 #: (instance_id, state, detail, extra) → None. `extra` may hold `qr` or `jid`.
 Listener = Callable[[UUID, str, str | None, dict[str, Any]], None]
 
-#: States after which the session does not reconnect by itself (a restart command does).
-TERMINAL = ("logged_out", "replaced", "banned")
+#: States after which the session does not reconnect by itself (a restart command does; a
+#: temporary ban ends by itself).
+TERMINAL = ("logged_out", "replaced", "banned", "outdated")
+UNPAIRED_DETAIL = "no WhatsApp account linked: request a QR code or a phone code to pair"
+#: Keepalive failures in a row after which the connection is dropped and made anew.
+KEEPALIVE_LIMIT = 3
 
 
-#: Go calls that touch neonize's client registry (an unsynchronised Go map) go one at a time.
-REGISTRY_LOCK = threading.Lock()
+class PairingRefused(Exception):
+    """A pairing request that cannot be met now (the reason says why)."""
 
 
 def jid_text(jid: JID) -> str:
@@ -58,52 +76,97 @@ def parse_jid(text: str) -> JID:
     return jid
 
 
+def proxy_settings(proxy: str | None) -> Any:
+    if not proxy:
+        return None
+    from neonize._binder import ProxySettings
+
+    return ProxySettings(proxy_address=proxy)
+
+
+def _enum_name(message: Any, field: str, value: int) -> str:
+    values = message.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number
+    return values[value].name if value in values else str(value)
+
+
 class Session:
     """One instance's WhatsApp connection and the state it is in."""
 
-    def __init__(self, instance_id: UUID, store_url: str, jid: str | None, listener: Listener, *,
+    def __init__(self, instance_id: UUID, store: Store, jid: str | None, listener: Listener, *,
                  proxy: str | None = None, max_backoff: float = 60.0,
-                 device_exists: Callable[[str], bool] = lambda jid: True) -> None:
+                 pairing_deadline: float = 170.0, pairing_command: list[str] | None = None) -> None:
         self.instance_id = instance_id
-        self.store_url = store_url
+        self.store = store
         self.jid = jid
         self.listener = listener
         self.proxy = proxy
         self.max_backoff = max_backoff
-        self.device_exists = device_exists
+        self.pairing_deadline = pairing_deadline
+        self.pairing_command = pairing_command
         self.generation = 0
         self._was_connected = False
         self.state = "disconnected"
         self.detail: str | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self.client = self._new_client()
+        self._gate: Hold | None = None
+        self._banned_until = 0.0
+        # Pairing: the attempt under way (a child process) and what it reported.
+        self._pair_lock = threading.Lock()
+        self.pairing: PairingAttempt | None = None
+        self._attempts = 0
+        self._pair_phone: str | None = None
+        self._pair_code: str | None = None
+        self._pair_failure: str | None = None
+        self._pair_answered = threading.Event()
+        self.client: NewClient | None = self._new_client()
         self.thread = threading.Thread(target=self._run, name=f"whatsapp-{instance_id}", daemon=True)
 
     # -- the client and its events ------------------------------------------------------------
 
-    def _new_client(self) -> NewClient:
+    def _new_client(self) -> NewClient | None:
+        """A client for the paired device; None while there is none to connect."""
         # whatsmeow panics (ending the process) on a JID whose device is not in the store: a
         # stale or partial JID means pairing anew.
-        if self.jid and not self.device_exists(self.jid):
+        if self.jid and not self.store.device_exists(self.jid):
             logger.warning("stored WhatsApp device not found; pairing anew",
                            extra={"instance_id": str(self.instance_id), "jid": self.jid})
             self.jid = None
-        # A fresh registry key per client: a replaced client's finalizer stops only itself.
+            self._set("unpaired", "the linked WhatsApp device is no longer in the session store; pair again",
+                      jid=None)
+        if self.jid is None:
+            return None
         self.generation += 1
-        with REGISTRY_LOCK:
-            client = NewClient(self.store_url, jid=parse_jid(self.jid) if self.jid else None,
-                               uuid=f"{self.instance_id}/{self.generation}", new_device=self.jid is None)
+        key = client_key(self.instance_id, self.generation)
+        client = new_client(self.store.url(key), key, parse_jid(self.jid))
         event = client.event
-        event.qr(self._on_qr_code)
-        event(QREv)(self._on_qr)
-        event(PairStatusEv)(self._on_pair_status)
-        event(ConnectedEv)(self._on_connected)
-        event(DisconnectedEv)(self._on_disconnected)
-        event(LoggedOutEv)(self._on_logged_out)
-        event(StreamReplacedEv)(self._on_replaced)
-        event(TemporaryBanEv)(self._on_ban)
+        for kind, handler in (
+            (ConnectedEv, self._on_connected),
+            (DisconnectedEv, self._on_disconnected),
+            (LoggedOutEv, self._on_logged_out),
+            (StreamReplacedEv, self._on_replaced),
+            (TemporaryBanEv, self._on_ban),
+            (ConnectFailureEv, self._on_connect_failure),
+            (ClientOutdatedEv, self._on_outdated),
+            (StreamErrorEv, self._on_stream_error),
+            (KeepAliveTimeoutEv, self._on_keepalive_timeout),
+            (KeepAliveRestoredEv, self._on_keepalive_restored),
+        ):
+            event(kind)(self._first_sign_of_life(handler))
         return client
+
+    def _first_sign_of_life(self, handler: Callable[[NewClient, Any], None]) -> Callable[[NewClient, Any], None]:
+        """Go delivers events only after its registry writes: the first one opens the gate."""
+        @functools.wraps(handler)
+        def wrapped(client: NewClient, event: Any) -> None:
+            if self._gate is not None:
+                self._gate.release()
+            if client is not self.client:  # a replaced client: it must not move this session
+                if isinstance(event, ConnectedEv):
+                    threading.Thread(target=stop_client, args=(client,), daemon=True).start()
+                return
+            handler(client, event)
+        return wrapped
 
     def _set(self, state: str, detail: str | None = None, **extra: Any) -> None:
         self.state, self.detail = state, detail
@@ -116,23 +179,17 @@ class Session:
         except Exception:  # never let a database error reach the Go callback
             logger.exception("could not record the session state", extra={"instance_id": str(self.instance_id)})
 
-    def _on_qr_code(self, client: NewClient, code: bytes) -> None:
-        self._set("qr", "scan the QR code with WhatsApp", qr=code.decode())
-
-    def _on_qr(self, client: NewClient, event: QREv) -> None:
-        if event.Codes:
-            self._set("qr", "scan the QR code with WhatsApp", qr=event.Codes[0])
-
-    def _on_pair_status(self, client: NewClient, event: PairStatusEv) -> None:
-        if event.Status == PairStatusEv.SUCCESS:
-            self.jid = jid_text(event.ID)
-            self._set("paired", None, jid=self.jid)
-        else:
-            self._set("pair_failed", event.Error or "pairing failed")
+    def _drop_connection(self) -> None:
+        """whatsmeow does not reconnect after this event: end the connect, and the loop makes a
+        new one after its backoff (or waits, for a terminal state)."""
+        client = self.client
+        if client is not None:
+            threading.Thread(target=stop_client, args=(client,), daemon=True).start()
+        self._wake.set()
 
     def _on_connected(self, client: NewClient, event: ConnectedEv) -> None:
-        if self._stopping.is_set() or client is not self.client:
-            _stop_client(client)  # a client that should be gone must not hold the session
+        if self._stopping.is_set():
+            threading.Thread(target=stop_client, args=(client,), daemon=True).start()
             return
         self._set("connected")
 
@@ -142,15 +199,49 @@ class Session:
 
     def _on_logged_out(self, client: NewClient, event: LoggedOutEv) -> None:
         self.jid = None
-        reasons = event.DESCRIPTOR.fields_by_name["Reason"].enum_type.values_by_number
-        reason = reasons[event.Reason].name if event.Reason in reasons else str(event.Reason)
+        reason = _enum_name(event, "Reason", event.Reason)
         self._set("logged_out", f"logged out by WhatsApp ({reason}); pair again", jid=None)
+        self._drop_connection()
 
     def _on_replaced(self, client: NewClient, event: StreamReplacedEv) -> None:
         self._set("replaced", "the session was opened elsewhere; restart to take it back")
+        self._drop_connection()
 
     def _on_ban(self, client: NewClient, event: TemporaryBanEv) -> None:
-        self._set("banned", f"temporarily banned by WhatsApp (code {event.Code}, expires in {event.Expire}s)")
+        self._banned_until = time.monotonic() + max(int(event.Expire), 1)
+        code = _enum_name(event, "Code", event.Code)
+        self._set("banned", f"temporarily banned by WhatsApp ({code}); reconnects by itself in {event.Expire}s")
+        self._drop_connection()
+
+    def _on_connect_failure(self, client: NewClient, event: ConnectFailureEv) -> None:
+        reason = _enum_name(event, "Reason", event.Reason)
+        if event.Reason in (ConnectFailureReason.Value("LOGGED_OUT"), ConnectFailureReason.Value("MAIN_DEVICE_GONE"),
+                            ConnectFailureReason.Value("UNKNOWN_LOGOUT"), ConnectFailureReason.Value("TEMP_BANNED")):
+            return  # whatsmeow follows with LoggedOut or TemporaryBan, which say it better
+        if event.Reason == ConnectFailureReason.Value("CLIENT_OUTDATED"):
+            self._on_outdated(client, event)
+            return
+        message = f": {event.Message}" if event.Message else ""
+        self._set("connect_failed", f"WhatsApp refused the connection ({reason}{message}); reconnecting")
+        self._drop_connection()
+
+    def _on_outdated(self, client: NewClient, event: Any) -> None:
+        self._set("outdated", "WhatsApp says this client version is outdated: upgrade neonize, then restart")
+        self._drop_connection()
+
+    def _on_stream_error(self, client: NewClient, event: StreamErrorEv) -> None:
+        self._set("disconnected", f"WhatsApp stream error {event.Code or '(no code)'}; reconnecting")
+        self._drop_connection()
+
+    def _on_keepalive_timeout(self, client: NewClient, event: KeepAliveTimeoutEv) -> None:
+        # No answer to pings: sends would hang until they time out (uncertain), so the heads wait.
+        self._set("disconnected", f"WhatsApp stopped answering keepalives ({event.ErrorCount} in a row)")
+        if event.ErrorCount >= KEEPALIVE_LIMIT:
+            self._drop_connection()
+
+    def _on_keepalive_restored(self, client: NewClient, event: KeepAliveRestoredEv) -> None:
+        if self.state == "disconnected":
+            self._set("connected")
 
     # -- the connect loop ---------------------------------------------------------------------
 
@@ -158,18 +249,21 @@ class Session:
         backoff = 1.0
         try:
             while not self._stopping.is_set():
-                if self.state in TERMINAL:
-                    self._wake.wait()  # until restart() or stop()
+                if self.state == "banned" and self._banned_until > time.monotonic():
+                    self._wake.wait(self._banned_until - time.monotonic())
+                    self._wake.clear()
+                    if self.state == "banned" and self._banned_until <= time.monotonic():
+                        self.client = self._new_client()
+                        self.state = "disconnected"  # the ban is over: connect again
+                    continue
+                if self.state in TERMINAL or self.client is None:
+                    if self.client is None and self.state not in TERMINAL and self.pairing is None \
+                            and self.state != "unpaired":
+                        self._set("unpaired", UNPAIRED_DETAIL)
+                    self._wake.wait()  # until a pairing, restart() or stop()
                     self._wake.clear()
                     continue
-                self._set("connecting")
-                try:
-                    self.client.connect(self._proxy_settings())
-                    # connect() returns when the client was stopped: it is not connected now.
-                    if self.state not in TERMINAL:
-                        self._set("disconnected", "connection closed")
-                except Exception as error:
-                    self._set("disconnected", str(map_error(error)))
+                self._connect_once()
                 if self._stopping.is_set():
                     break
                 if self._was_connected:
@@ -178,15 +272,94 @@ class Session:
                 self._wake.clear()
                 backoff = min(backoff * 2, self.max_backoff)
         finally:
-            if self.state not in TERMINAL:
+            if self.pairing is not None:
+                self.pairing.kill()
+            if self.state not in TERMINAL and self.state != "unpaired":
                 self._set("disconnected", "session stopped")
 
-    def _proxy_settings(self) -> Any:
-        if not self.proxy:
-            return None
-        from neonize._binder import ProxySettings
+    def _connect_once(self) -> None:
+        client = self.client
+        assert client is not None
+        self._set("connecting")
+        # The gate holds every other Go call off while neonize writes its registry.
+        self._gate = REGISTRY.connect_gate()
+        try:
+            client.connect(proxy_settings(self.proxy))
+            # connect() returns when the client was stopped: it is not connected now.
+            if self.state in ("connected", "connecting"):
+                self._set("disconnected", "connection closed")
+        except Exception as error:
+            self._set("disconnected", str(map_error(error)))
+        finally:
+            self._gate.release()
+            try:  # neonize never closes the store pool this connect opened
+                self.store.release(client.uuid.decode())
+            except Exception:
+                logger.exception("could not end a finished client's store connections")
 
-        return ProxySettings(proxy_address=self.proxy)
+    # -- pairing ----------------------------------------------------------------------------------
+
+    def pair(self, phone: str | None = None, wait: float = 20.0) -> str | None:
+        """Start a pairing attempt (or keep the QR one under way). With `phone`, wait for the
+        8-character code to type on that phone (Linked devices → Link with phone number)."""
+        with self._pair_lock:
+            if self.jid is not None:
+                raise PairingRefused(f"already paired with {self.jid} ({self.state}); disconnect to pair another")
+            running = self.pairing is not None and self.pairing.running
+            if running and phone is None and self._pair_phone is None:
+                return None  # the QR attempt under way goes on
+            if running:
+                assert self.pairing is not None
+                self.pairing.kill()
+                self.pairing.wait(5)
+            self._attempts += 1
+            self._pair_phone, self._pair_code, self._pair_failure = phone, None, None
+            self._pair_answered.clear()
+            self.generation += 1
+            key = client_key(self.instance_id, self.generation)
+            self.pairing = PairingAttempt(
+                store_url=self.store.url(key), key=key, phone=phone,
+                proxy=self.proxy, deadline=self.pairing_deadline, command=self.pairing_command,
+                report=functools.partial(self._on_pairing, self._attempts))
+            self._set("pairing", "connecting to WhatsApp for a pairing code")
+        if phone is None:
+            return None
+        if not self._pair_answered.wait(wait):
+            raise PairingRefused("WhatsApp gave no phone code in time; try again")
+        if self._pair_code is None:
+            raise PairingRefused(self._pair_failure or "the pairing attempt ended without a code")
+        return self._pair_code
+
+    def _on_pairing(self, attempt: int, report: dict[str, Any]) -> None:
+        if attempt != self._attempts or self._stopping.is_set():
+            return  # a replaced attempt: its last words change nothing
+        if "qr" in report:
+            self._set("qr", "scan the QR code with WhatsApp (Linked devices)", qr=report["qr"])
+        elif "code" in report:
+            self._pair_code = report["code"]
+            self._pair_answered.set()
+            self._set("pairing", f"type the code {report['code']} on the phone"
+                                 " (Linked devices → Link with phone number)")
+        elif "paired" in report:
+            self.jid = report["paired"]
+            self._set("paired", None, jid=self.jid)
+        elif "failed" in report:
+            self._pair_failure = self._pair_failure or report["failed"]
+            self._pair_answered.set()
+        elif "exit" in report:
+            self.pairing = None
+            self._pair_answered.set()
+            if self.jid is not None:  # linked: connect with it here
+                self.client = self._new_client()
+                self.state = "disconnected"
+                self._wake.set()
+                return
+            if report["expired"]:
+                reason = "the pairing code expired unused; request a new one"
+            else:
+                reason = self._pair_failure or f"the pairing attempt ended (exit {report['exit']}): " \
+                                               f"{report['stderr'].strip()[-300:] or 'no output'}"
+            self._set("unpaired", f"{reason}; {UNPAIRED_DETAIL}", qr=None)
 
     # -- control --------------------------------------------------------------------------------
 
@@ -202,32 +375,36 @@ class Session:
         """Stop the session; a client stuck in a connect is left to die with the process."""
         self._stopping.set()
         self._wake.set()
-        stopper = threading.Thread(target=_stop_client, args=(self.client,), daemon=True)
-        stopper.start()
-        stopper.join(timeout)
+        if self.pairing is not None:
+            self.pairing.kill()
+        if self.client is not None:
+            stopper = threading.Thread(target=stop_client, args=(self.client,), daemon=True)
+            stopper.start()
+            stopper.join(timeout)
         if self.thread.is_alive():
             self.thread.join(timeout)
 
     def restart(self) -> None:
-        """Drop the connection and connect again (a new pairing if the session was logged out)."""
+        """Drop the connection and connect again; an unpaired instance forgets its pairing attempt."""
+        if self.pairing is not None:
+            self._attempts += 1  # its exit report is ignored
+            self.pairing.kill()
+            self.pairing = None
         old = self.client
+        self._banned_until = 0.0
         self.client = self._new_client()
-        threading.Thread(target=_stop_client, args=(old,), daemon=True).start()
+        if old is not None:
+            threading.Thread(target=stop_client, args=(old,), daemon=True).start()
         self.state = "disconnected"
         self._wake.set()
 
     def logout(self) -> None:
         """Unlink this device from the phone; the instance must be paired again."""
-        self.client.logout()
+        client, self.client = self.client, None
+        if client is not None:
+            REGISTRY.read(client.logout)
         self.jid = None
         self._set("logged_out", "logged out on request; pair again", jid=None)
-        threading.Thread(target=_stop_client, args=(self.client,), daemon=True).start()
-
-    def pair_phone(self, phone: str) -> str:
-        """An 8-character code to type in WhatsApp (Linked devices → Link with phone number)."""
-        return str(self.client.PairPhone(phone, True))
-
-
-def _stop_client(client: NewClient) -> None:
-    with REGISTRY_LOCK:
-        client.stop()
+        if client is not None:
+            threading.Thread(target=stop_client, args=(client,), daemon=True).start()
+        self._wake.set()

@@ -27,6 +27,7 @@ from workers.transports.base import (
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.manager import SessionManager
 from workers.transports.neonize.messages import build_message
+from workers.transports.neonize.registry import REGISTRY
 from workers.transports.neonize.sessions import Session, parse_jid
 
 T = TypeVar("T")
@@ -69,7 +70,7 @@ class NeonizeTransport:
         if session is None:
             reason = "this worker does not hold the session" if not self.manager.owner else "no session yet"
             raise InstanceDisconnected(reason)
-        if not session.connected:
+        if not session.connected or session.client is None:
             raise InstanceDisconnected(f"{session.state}: {session.detail or 'not connected'}")
         return session
 
@@ -99,17 +100,23 @@ class NeonizeTransport:
         session = self._session(instance_id)
         state, media = PRESENCES[presence]
         jid = parse_jid(to_jid_text(phone))
-        self._bounded(instance_id, lambda: session.client.send_chat_presence(jid, state, media), RetryableSendError)
+        client = session.client
+        self._bounded(instance_id, lambda: REGISTRY.read(lambda: client.send_chat_presence(jid, state, media)),
+                      RetryableSendError)
 
     def send(self, message: OutgoingMessage) -> str:
-        session = self._session(message.instance_id)
+        client = self._session(message.instance_id).client
         jid = parse_jid(to_jid_text(message.phone))
+
+        def upload(data: bytes, kind: Any) -> Any:
+            return REGISTRY.read(lambda: client.upload(data, kind))
 
         # Fetching and uploading media sends nothing yet: a timeout there is plainly retryable.
         built = self._bounded(message.instance_id, lambda: build_message(message.message_type, message.payload,
-                                                                         upload=session.client.upload),
+                                                                         upload=upload),
                               RetryableSendError)
-        return self._bounded(message.instance_id, lambda: str(session.client.send_message(jid, built).ID),
+        return self._bounded(message.instance_id,
+                             lambda: str(REGISTRY.read(lambda: client.send_message(jid, built)).ID),
                              UncertainSendError, sending=True)
 
     def close(self) -> None:

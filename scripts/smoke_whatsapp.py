@@ -1,15 +1,20 @@
 """Real-phone smoke test: pair this machine with WhatsApp, then send one message of each type.
 
-    .venv/bin/python scripts/smoke_whatsapp.py 5511999999999 [--store smoke.sqlite3] [--pair-phone 55119…]
+    .venv/bin/python scripts/smoke_whatsapp.py 5511999999999                  # pair by QR code
+    .venv/bin/python scripts/smoke_whatsapp.py 5511999999999 --pair-phone 5511988887777
+    .venv/bin/python scripts/smoke_whatsapp.py 5511999999999 --audio a.mp3 --video v.mp4
 
-It uses the same message builders and error mapping as the neonize transport, with a local
-SQLite session store (kept between runs, so pairing happens once). Scan the QR code printed in
-the terminal with WhatsApp (Settings → Linked devices), or pass --pair-phone to get an
-8-character code instead. Each message's WhatsApp id is printed as it is sent.
+It runs the service's own WhatsApp parts: pairing in a child process (the QR codes are drawn in
+the terminal as they change; with --pair-phone an 8-character code is printed instead, to type
+on that phone under Linked devices → Link with phone number), the session and its connection
+states, and the transport's send path (builders, media conversion, error mapping). Sessions are
+kept in a local SQLite store (--store, kept between runs, so pairing happens once). Every type
+is sent to the first argument, with the WhatsApp id or the error printed for each; a reaction 👍
+goes to the text message sent first.
 
 It needs WhatsApp's servers, so it cannot run in CI or on a machine without internet.
 
-    .venv/bin/python scripts/smoke_whatsapp.py 5511999999999 --dry-run [--audio a.ogg --video v.mp4]
+    .venv/bin/python scripts/smoke_whatsapp.py 5511999999999 --dry-run
 
 With --dry-run it needs neither: every message is built as above (the same samples, builders
 and send loop, the JID from the phone given), with a stand-in for WhatsApp's media upload, and
@@ -21,18 +26,24 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import os
+import sqlite3
+import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
+PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
 
 SAMPLES: list[tuple[str, dict[str, object]]] = [
     ("text", {"message": "wmq smoke test: text"}),
-    ("image", {"image": "data:image/png;base64," + base64.b64encode(PNG).decode(), "caption": "wmq: image"}),
+    ("image", {"image": PNG_URI, "caption": "wmq: image"}),
     ("document", {"document": base64.b64encode(b"wmq smoke test document\n").decode(), "extension": "txt",
                   "fileName": "wmq-smoke", "caption": "wmq: document"}),
     ("location", {"latitude": -23.5505, "longitude": -46.6333, "title": "Praça da Sé", "address": "São Paulo"}),
@@ -41,7 +52,24 @@ SAMPLES: list[tuple[str, dict[str, object]]] = [
                                                                           {"id": "2", "label": "No"}]}}),
     ("option-list", {"message": "wmq: options", "optionList": {"title": "Menu", "buttonLabel": "Open",
                                                                "options": [{"id": "a", "title": "First"}]}}),
+    ("sticker", {"sticker": PNG_URI}),
+    ("poll", {"message": "wmq: poll", "poll": [{"name": "Yes"}, {"name": "No"}], "pollMaxOptions": 1}),
+    ("link", {"message": "wmq: link", "linkUrl": "https://github.com", "title": "GitHub",
+              "linkDescription": "a link preview", "image": PNG_URI}),
 ]
+
+
+def generated(kind: str) -> bytes:
+    """A short sample made by ffmpeg (the binary the product uses): a tone, or a test pattern."""
+    from workers.transports.neonize import mediainfo
+
+    exe = mediainfo.ffmpeg()
+    if exe is None:
+        raise SystemExit("no ffmpeg: pass --audio and --video files")
+    args = (["-i", "sine=frequency=440:duration=2", "-f", "mp3"] if kind == "audio" else
+            ["-i", "testsrc=duration=2:size=320x240:rate=10", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+             "-movflags", "frag_keyframe+empty_moov", "-f", "mp4"])
+    return subprocess.run([exe, "-v", "error", "-f", "lavfi", *args, "-"], capture_output=True, check=True).stdout
 
 
 def stand_in_upload(data: bytes, kind: Any) -> Any:
@@ -54,28 +82,84 @@ def stand_in_upload(data: bytes, kind: Any) -> Any:
                           MediaKey=bytes(32), FileEncSHA256=digest, FileSHA256=digest, FileLength=len(data))
 
 
-def describe(message: Any) -> str:
-    """A dry run's stand-in for the send: which WhatsApp message was built."""
-    fields = ", ".join(field.name for field, _ in message.ListFields())
-    return f"built {fields} ({message.ByteSize()} bytes), not sent"
-
-
-def send_all(samples: list[tuple[str, dict[str, object]]], upload: Callable[[bytes, Any], Any],
-             send: Callable[[Any], str]) -> int:
-    """Build each sample with the transport's builders and hand it to `send`, which says what
-    became of it; returns how many failed."""
+def send_all(samples: list[tuple[str, dict[str, object]]], send: Callable[[str, dict[str, object]], str]) -> int:
+    """Hand each sample to `send`, which says what became of it; returns how many failed. The
+    reaction goes last, to the first message sent."""
     from workers.transports.neonize.errors import map_error
-    from workers.transports.neonize.messages import build_message
 
-    failures = 0
+    failures, first_id = 0, None
     for kind, payload in samples:
         try:
-            message = build_message(kind, payload, upload=upload)
-            print(f"{kind:12} {send(message)}")
+            outcome = send(kind, payload)
+            print(f"{kind:12} {outcome}")
+            first_id = first_id or outcome.rsplit(" ", 1)[-1]
         except Exception as error:
             failures += 1
-            print(f"{kind:12} FAILED: {map_error(error)}", file=sys.stderr)
+            print(f"{kind:12} FAILED: {map_error(error, sending=True)}", file=sys.stderr)
+    if first_id:
+        try:
+            print(f"{'reaction':12} {send('reaction', {'reaction': '👍', 'messageId': first_id, 'fromMe': True})}")
+        except Exception as error:
+            failures += 1
+            print(f"{'reaction':12} FAILED: {map_error(error, sending=True)}", file=sys.stderr)
     return failures
+
+
+class SqliteStore:
+    """The session store of the service (workers/transports/neonize/store.py `Store`), in a
+    local SQLite file: neonize picks SQLite for a name that is not a PostgreSQL URL."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def url(self, key: str) -> str:
+        return self.path
+
+    def device_exists(self, jid: str) -> bool:
+        return jid in self.devices()
+
+    def devices(self) -> list[str]:
+        if not os.path.exists(self.path):
+            return []
+        with sqlite3.connect(self.path) as conn:
+            try:
+                return [row[0] for row in conn.execute("SELECT jid FROM whatsmeow_device")]
+            except sqlite3.Error:
+                return []
+
+    def release(self, key: str) -> None:
+        pass
+
+
+def pair(store: SqliteStore, phone: str | None) -> str:
+    """Run the service's pairing attempt (a child process) until the phone has linked it."""
+    import segno
+
+    from workers.transports.neonize.pairing import PairingAttempt
+
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def report(line: dict[str, Any]) -> None:
+        if "qr" in line:
+            print("\nscan with WhatsApp → Settings → Linked devices → Link a device (it changes every ~20 s):")
+            segno.make_qr(line["qr"], error="L").terminal(compact=True)
+        elif "code" in line:
+            print(f"\non {phone}: WhatsApp → Linked devices → Link with phone number, type {line['code']}")
+        elif "paired" in line:
+            outcome["jid"] = line["paired"]
+            print(f"paired as {line['paired']}")
+        elif "failed" in line:
+            outcome["failed"] = line["failed"]
+        elif "exit" in line:
+            done.set()
+
+    PairingAttempt(store_url=store.path, key="smoke", phone=phone, proxy=os.environ.get("WHATSAPP_PROXY"),
+                   report=report, deadline=170)
+    done.wait()
+    if "jid" not in outcome:
+        raise SystemExit(f"pairing failed: {outcome.get('failed', 'the attempt ended (QR codes expired?)')}")
+    return str(outcome["jid"])
 
 
 def main() -> int:
@@ -83,47 +167,62 @@ def main() -> int:
     parser.add_argument("phone", help="destination, digits with country code")
     parser.add_argument("--store", default="smoke.sqlite3", help="session store (SQLite file)")
     parser.add_argument("--pair-phone", help="pair by phone code for this number instead of the QR code")
-    parser.add_argument("--audio", help="an audio file to send as a voice note (optional)")
-    parser.add_argument("--video", help="an mp4 file to send (optional)")
+    parser.add_argument("--audio", help="an audio file for the voice note (default: a generated tone)")
+    parser.add_argument("--video", help="a video file (default: a generated test pattern)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build every message with a stand-in upload and send nothing: no phone, no network")
     args = parser.parse_args()
 
-    from workers.transports.neonize.sessions import parse_jid
+    from workers.transports.neonize.messages import build_message
     from workers.transports.neonize.transport import to_jid_text
 
     samples = list(SAMPLES)
     for kind, path in (("audio", args.audio), ("video", args.video)):
-        if path:
-            with open(path, "rb") as media:
-                samples.append((kind, {kind: base64.b64encode(media.read()).decode()}))
-    jid = parse_jid(to_jid_text(args.phone))
+        data = open(path, "rb").read() if path else generated(kind)  # noqa: SIM115 - read whole at once
+        samples.append((kind, {kind: base64.b64encode(data).decode()}))
+    to = to_jid_text(args.phone)
 
     if args.dry_run:
-        print(f"dry run: {len(samples)} messages for {jid.User}@{jid.Server}, built and not sent")
-        return 1 if send_all(samples, stand_in_upload, describe) else 0
+        print(f"dry run: {len(samples) + 1} messages for {to}, built and not sent")
 
-    from neonize.client import NewClient
-    from neonize.events import ConnectedEv, PairStatusEv
+        def describe(kind: str, payload: dict[str, object]) -> str:
+            message = build_message(kind, payload, upload=stand_in_upload, to=to)
+            fields = ", ".join(field.name for field, _ in message.ListFields())
+            return f"built {fields} ({message.ByteSize()} bytes), not sent, id DRY-RUN"
+        return 1 if send_all(samples, describe) else 0
 
-    client = NewClient(args.store)
+    from workers.transports.base import OutgoingMessage
+    from workers.transports.neonize.sessions import Session
+    from workers.transports.neonize.transport import NeonizeTransport
+
+    store = SqliteStore(os.path.abspath(args.store))
+    jid = next(iter(store.devices()), None) or pair(store, args.pair_phone)
+    instance_id = uuid.uuid4()
     connected = threading.Event()
-    client.event(ConnectedEv)(lambda c, e: connected.set())
-    client.event(PairStatusEv)(lambda c, e: print(f"paired as {e.ID.User}"))
-    if args.pair_phone:
-        def on_qr(c: NewClient, code: bytes) -> None:
-            print("pair code:", c.PairPhone(args.pair_phone, True))
-        client.event.qr(on_qr)
-    threading.Thread(target=client.connect, daemon=True).start()
-    if not connected.wait(300):
-        print("not connected after 5 minutes", file=sys.stderr)
+
+    def listener(_: uuid.UUID, state: str, detail: str | None, extra: dict[str, Any]) -> None:
+        print(f"session: {state}{f' ({detail})' if detail else ''}")
+        if state == "connected":
+            connected.set()
+
+    session = Session(instance_id, store, jid, listener, proxy=os.environ.get("WHATSAPP_PROXY"))  # type: ignore[arg-type]
+    session.start()
+    if not connected.wait(120):
+        print("not connected after 2 minutes", file=sys.stderr)
         return 1
+    holder = type("Holder", (), {"owner": True, "get": staticmethod(lambda _: session)})()
+    transport = NeonizeTransport(holder, timeout=60, threads=2)  # type: ignore[arg-type]
 
-    def send(message: Any) -> str:
-        return f"sent, WhatsApp id {client.send_message(jid, message).ID}"
+    def send(kind: str, payload: dict[str, object]) -> str:
+        transport.send_presence(instance_id, args.phone, "recording" if kind == "audio" else "composing")
+        time.sleep(1)
+        message = OutgoingMessage(zaap_id=uuid.uuid4().hex, instance_id=instance_id, phone=args.phone,
+                                  message_type=kind, payload=payload)
+        return f"sent, WhatsApp id {transport.send(message)}"
 
-    failures = send_all(samples, client.upload, send)
-    client.stop()
+    failures = send_all(samples, send)
+    transport.close()
+    session.stop()
     return 1 if failures else 0
 
 

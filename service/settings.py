@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     whatsapp_command_timeout: Duration = 20.0
     #: How long one pairing attempt may last (WhatsApp's QR window is about 160 s).
     whatsapp_pairing_timeout: Duration = 170.0
+    #: Show each connected account as online, which "typing…" needs; the phone then gets no
+    #: notifications while its session is connected.
+    whatsapp_announce_available: bool = True
 
     @model_validator(mode="after")
     def _validate(self) -> Settings:

@@ -44,9 +44,23 @@ def data_uri(mime: str, data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+def lavfi(*args: str) -> bytes:
+    """A media sample made by ffmpeg's own generators (the binary the product uses)."""
+    import subprocess
+
+    from workers.transports.neonize import mediainfo
+
+    exe = mediainfo.ffmpeg()
+    assert exe, "ffmpeg (imageio-ffmpeg) is a dependency"
+    return subprocess.run([exe, "-v", "error", "-f", "lavfi", *args, "-"], capture_output=True, check=True).stdout
+
+
 def message_building() -> None:
+    import json
+
     from service.core.message_types import TYPES
-    from workers.transports.neonize.messages import BUILDERS
+    from workers.transports.neonize import mediainfo
+    from workers.transports.neonize.messages import BUILDERS, VOICE_MIMETYPE
 
     # The message-type table and the builders name the same types: a new type is both.
     assert set(BUILDERS) == set(TYPES), set(BUILDERS) ^ set(TYPES)
@@ -61,17 +75,33 @@ def message_building() -> None:
     assert (image.URL, image.directPath, image.fileLength) == ("https://mmg.whatsapp.net/MediaImage",
                                                                "/v/MediaImage", len(PNG))
     assert image.mediaKey == b"k" * 32 and image.fileSHA256 == b"s" * 32 and image.fileEncSHA256 == b"e" * 32
+    assert (image.width, image.height) == (1, 1) and image.JPEGThumbnail.startswith(b"\xff\xd8")
     assert upload.calls[-1] == (PNG, MediaType.MediaImage)
 
-    voice = build_message("audio", {"audio": data_uri("audio/ogg", b"OggS voice")}, upload).audioMessage
-    assert (voice.PTT, voice.mimetype, voice.fileLength) == (True, "audio/ogg", 10)
-    assert upload.calls[-1][1] == MediaType.MediaAudio
-    song = build_message("audio", {"audio": data_uri("audio/mpeg", b"ID3"), "ptt": False}, upload).audioMessage
-    assert song.PTT is False
+    # Voice notes: Opus in OGG as it is, with its duration; anything else converted to it.
+    opus = lavfi("-i", "sine=duration=2", "-c:a", "libopus", "-f", "ogg")
+    voice = build_message("audio", {"audio": data_uri("audio/ogg", opus)}, upload).audioMessage
+    assert (voice.PTT, voice.mimetype, voice.seconds, voice.fileLength) == (True, VOICE_MIMETYPE, 2, len(opus))
+    assert upload.calls[-1] == (opus, MediaType.MediaAudio)
+    wav = lavfi("-i", "sine=duration=3", "-f", "wav")
+    converted = build_message("audio", {"audio": data_uri("audio/wav", wav)}, upload).audioMessage
+    assert (converted.PTT, converted.mimetype, converted.seconds) == (True, VOICE_MIMETYPE, 3)
+    assert mediainfo.is_ogg_opus(upload.calls[-1][0]) and upload.calls[-1][0] != wav
+    song = build_message("audio", {"audio": data_uri("audio/wav", wav), "ptt": False}, upload).audioMessage
+    assert (song.PTT, song.mimetype, song.seconds) == (False, "audio/wav", 3) and upload.calls[-1][0] == wav
+    real_ffmpeg = mediainfo.ffmpeg
+    mediainfo.ffmpeg = lambda: None  # type: ignore[assignment]
+    try:  # no ffmpeg at all: not a voice note, but still sent, as an audio file
+        plain = build_message("audio", {"audio": data_uri("audio/wav", wav)}, upload).audioMessage
+        assert (plain.PTT, plain.mimetype) == (False, "audio/wav") and upload.calls[-1][0] == wav
+    finally:
+        mediainfo.ffmpeg = real_ffmpeg  # type: ignore[assignment]
 
-    video = build_message("video", {"video": data_uri("video/mp4", b"\0\0\0 ftypmp42"), "caption": "clip"},
-                          upload).videoMessage
+    mp4 = lavfi("-i", "testsrc=duration=2:size=160x120:rate=10", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                "-movflags", "frag_keyframe+empty_moov", "-f", "mp4")
+    video = build_message("video", {"video": data_uri("video/mp4", mp4), "caption": "clip"}, upload).videoMessage
     assert (video.mimetype, video.caption, video.URL) == ("video/mp4", "clip", "https://mmg.whatsapp.net/MediaVideo")
+    assert (video.seconds, video.width, video.height) == (2, 160, 120) and video.JPEGThumbnail.startswith(b"\xff\xd8")
 
     pdf = base64.b64encode(b"%PDF-1.4 tiny").decode()
     document = build_message("document", {"document": pdf, "extension": "pdf", "fileName": "invoice",
@@ -90,23 +120,53 @@ def message_building() -> None:
     assert contact.displayName == "Ana"
     assert "FN:Ana" in contact.vcard and "waid=5511988887777" in contact.vcard
 
+    # Buttons and lists as native-flow interactive messages.
     buttons = build_message("button-list", {"message": "Choose", "buttonList": {
-        "buttons": [{"id": "yes", "label": "Yes"}, {"label": "No"}]}}, upload).buttonsMessage
-    assert buttons.contentText == "Choose"
-    assert [(b.buttonID, b.buttonText.displayText) for b in buttons.buttons] == [("yes", "Yes"), ("2", "No")]
-
+        "buttons": [{"id": "yes", "label": "Yes"}, {"label": "No"}]}}, upload).interactiveMessage
+    assert buttons.body.text == "Choose"
+    assert [(b.name, json.loads(b.buttonParamsJSON)) for b in buttons.nativeFlowMessage.buttons] == [
+        ("quick_reply", {"display_text": "Yes", "id": "yes"}), ("quick_reply", {"display_text": "No", "id": "2"})]
     options = build_message("option-list", {"message": "Menu", "optionList": {
         "title": "Today", "buttonLabel": "Open", "options": [
-            {"id": "a", "title": "Pizza", "description": "large"}, {"title": "Soup"}]}}, upload).listMessage
-    assert (options.description, options.buttonText, options.title) == ("Menu", "Open", "Today")
-    assert [(r.rowID, r.title, r.description) for r in options.sections[0].rows] == [
+            {"id": "a", "title": "Pizza", "description": "large"}, {"title": "Soup"}]}}, upload).interactiveMessage
+    assert (options.body.text, options.header.title) == ("Menu", "Today")
+    (selection,) = options.nativeFlowMessage.buttons
+    params = json.loads(selection.buttonParamsJSON)
+    assert (selection.name, params["title"]) == ("single_select", "Open")
+    assert [(r["id"], r["title"], r.get("description")) for r in params["sections"][0]["rows"]] == [
         ("a", "Pizza", "large"), ("2", "Soup", "")]
+
+    sticker = build_message("sticker", {"sticker": data_uri("image/png", PNG)}, upload).stickerMessage
+    webp = upload.calls[-1][0]
+    assert (sticker.mimetype, sticker.width, sticker.height) == ("image/webp", 512, 512)
+    assert webp[:4] == b"RIFF" and webp[8:12] == b"WEBP" and sticker.fileLength == len(webp)
+
+    poll = build_message("poll", {"message": "Lunch?", "poll": [{"name": "Pizza"}, {"name": "Soup"}],
+                                  "pollMaxOptions": 1}, upload)
+    assert (poll.pollCreationMessage.name, poll.pollCreationMessage.selectableOptionsCount) == ("Lunch?", 1)
+    assert [o.optionName for o in poll.pollCreationMessage.options] == ["Pizza", "Soup"]
+    assert len(poll.messageContextInfo.messageSecret) == 32
+
+    reaction = build_message("reaction", {"reaction": "👍", "messageId": "3EB0ABC"}, upload,
+                             to="5511999999999@s.whatsapp.net").reactionMessage
+    assert (reaction.text, reaction.key.ID, reaction.key.remoteJID, reaction.key.fromMe) == (
+        "👍", "3EB0ABC", "5511999999999@s.whatsapp.net", False)
+    assert reaction.senderTimestampMS > 1_700_000_000_000
+
+    link = build_message("link", {"message": "Our shop", "linkUrl": "https://example.com/shop", "title": "Shop",
+                                  "linkDescription": "All we sell", "image": data_uri("image/png", PNG)},
+                         upload).extendedTextMessage
+    assert (link.text, link.matchedText, link.title, link.description) == (
+        "Our shop\nhttps://example.com/shop", "https://example.com/shop", "Shop", "All we sell")
+    assert link.JPEGThumbnail.startswith(b"\xff\xd8")
 
     for message_type, payload, complaint in (
         ("image", {"caption": "no image"}, "image is missing"),
-        ("sticker", {"sticker": "x"}, "unsupported message type"),
+        ("story", {"x": "y"}, "unsupported message type"),
         ("button-list", {"message": "m", "buttonList": {"buttons": []}}, "buttons is empty"),
         ("contact", {"contactName": "Ana", "contactPhone": "none"}, "no digits"),
+        ("poll", {"message": "?", "poll": [{"name": "a"}, {"name": "a"}]}, "distinct"),
+        ("sticker", {"sticker": base64.b64encode(b"not an image").decode()}, "not an image"),
     ):
         try:
             build_message(message_type, payload, upload)
@@ -147,9 +207,12 @@ def session_events() -> None:
         ConnectFailureEv,
         KeepAliveRestoredEv,
         KeepAliveTimeoutEv,
+        ReceiptEv,
         StreamErrorEv,
         TemporaryBanEv,
     )
+    from neonize.proto.Neonize_pb2 import JID, MessageSource
+    from neonize.utils.enum import Presence
 
     from service.core import Core, instances
     from service.core.sessions import SessionHost
@@ -167,6 +230,14 @@ def session_events() -> None:
     seen: list[str] = []
     stopped: list[str] = []
     sessions.stop_client = lambda client: stopped.append(client.uuid.decode())  # type: ignore[assignment]
+
+    def stops_waiting(found: Any) -> Any:  # what a session does from a thread of its own
+        import time
+
+        deadline = time.monotonic() + 5
+        while not found() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return found()
 
     def stops(n: int) -> bool:  # the session stops clients from a thread of their own
         import time
@@ -190,12 +261,32 @@ def session_events() -> None:
         return found["connection_state"], found["connection_detail"] or ""
 
     jid = "5511988887777:12@s.whatsapp.net"
-    session = Session(instance.id, FakeStore(), jid, listener)  # type: ignore[arg-type]
+    session = Session(instance.id, FakeStore(), jid, listener, on_receipt=host.receipt)  # type: ignore[arg-type]
     client = session.client
     assert client is not None and client.uuid.decode() == f"{instance.id}/1"
+    announced: list[Any] = []
+    client.send_presence = announced.append  # type: ignore[method-assign] # the network edge
 
     push(client, ConnectedEv())
     assert state()[0] == "connected" and session.connected
+    assert stops_waiting(lambda: announced) == [Presence.AVAILABLE], "online, so that typing… shows"
+
+    # Receipts from the contact land on the message WhatsApp named; our own devices' do not.
+    zaap_id = uuid.uuid4().hex
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO messages (zaap_id, instance_id, sequence, message_type, phone, payload,"
+                     " scheduled_at, not_before, status, max_attempts, whatsapp_message_id)"
+                     " VALUES (%s, %s, 1, 'text', '5511999999999', '{}', now(), now(), 'completed', 3, '3EB0AA')",
+                     (zaap_id, instance.id))
+    source = MessageSource(Chat=JID(User="5511999999999", Server="s.whatsapp.net"), IsFromMe=False)
+    push(client, ReceiptEv(MessageSource=source, MessageIDs=["3EB0AA"], Timestamp=1_800_000_000,
+                           Type=ReceiptEv.READ_SELF))
+    push(client, ReceiptEv(MessageSource=source, MessageIDs=["3EB0AA", "unknown"], Timestamp=1_800_000_000,
+                           Type=ReceiptEv.READ))
+    receipts = fetch_one(pool, "SELECT delivered_at, read_at, played_at FROM messages WHERE zaap_id = %(z)s",
+                         {"z": zaap_id})
+    assert receipts is not None and receipts["played_at"] is None
+    assert receipts["delivered_at"] == receipts["read_at"] and receipts["read_at"].timestamp() == 1_800_000_000
     push(client, KeepAliveTimeoutEv(ErrorCount=1, LastSuccess=0))
     assert state() == ("disconnected", "WhatsApp stopped answering keepalives (1 in a row)")
     assert not session.connected and not stopped
@@ -213,6 +304,7 @@ def session_events() -> None:
     session.restart()
     client = session.client
     assert client is not None and client.uuid.decode() == f"{instance.id}/2"
+    client.send_presence = announced.append  # type: ignore[method-assign]
     push(client, TemporaryBanEv(Code=TemporaryBanEv.BLOCKED_BY_USERS, Expire=3600))
     assert state() == ("banned", "temporarily banned by WhatsApp (BLOCKED_BY_USERS); reconnects by itself in 3600s")
     assert session._banned_until > 0

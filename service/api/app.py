@@ -35,7 +35,7 @@ def routes(settings: Settings) -> list[Route]:
         Route("/instances", e.list_instances, methods=["GET"]),
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),
         # One send route per message type that has one (service/core/message_types.py).
-        *(Route(f"{INSTANCE}/{t.route}", e.send_route(t), methods=["POST"]) for t in TYPES.values() if t.route),
+        *(Route(f"{INSTANCE}/{t.route}", e.send_route(t), methods=["POST"]) for t in TYPES.values()),
         Route(f"{INSTANCE}/queue", e.list_queue, methods=["GET"]),
         Route(f"{INSTANCE}/queue", e.cancel_queue, methods=["DELETE"]),
         Route(f"{INSTANCE}/queue/stats", e.queue_stats, methods=["GET"]),

@@ -65,6 +65,9 @@ def message_json(job: QueuedMessage) -> dict[str, Any]:
         "startedAt": iso(job.started_at),
         "sentAt": iso(job.sent_at),
         "finishedAt": iso(job.finished_at),
+        "deliveredAt": iso(job.delivered_at),
+        "readAt": iso(job.read_at),
+        "playedAt": iso(job.played_at),
     }
 
 
@@ -147,7 +150,10 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
 
     async def endpoint(request: Request) -> Response:
         instance = await authenticated(request, cached=True)
-        message = schemas.message(message_type, schemas.parse_json_object(await request.body()))
+        body = schemas.parse_json_object(await request.body())
+        # A path parameter of the route (send-document/{extension}) is a field of the message.
+        body.update(schemas.path_fields(request.path_params))
+        message = schemas.message(message_type, body)
         enqueued = await enqueue.enqueue(core(request), instance.id, message)
         return JSONResponse({
             "zaapId": enqueued.zaap_id,

@@ -10,6 +10,7 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.core.message_types import Field, MessageType
 from service.core.models import MessageRequest
@@ -155,8 +156,12 @@ def message(message_type: MessageType, data: dict[str, Any]) -> MessageRequest:
 def content_field(data: dict[str, Any], spec: Field) -> Any:
     """One content field, checked by its kind (message_types.Field)."""
     name, value = spec.name, data.get(spec.name)
-    if spec.kind in ("text", "media"):
+    if spec.kind == "text":
         return non_empty_text(data, name)
+    if spec.kind == "media":
+        return media(data, name)
+    if spec.kind == "url":
+        return url(data, name)
     if spec.kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValidationError(name, f"{name} must be a number")
@@ -165,8 +170,65 @@ def content_field(data: dict[str, Any], spec: Field) -> Any:
         if not isinstance(value, bool):
             raise ValidationError(name, f"{name} must be true or false")
         return value
+    if spec.kind == "phone":
+        return international_phone(data, name)
+    if spec.kind == "list":
+        if not isinstance(value, list) or not value:
+            raise ValidationError(name, f"{name} must be a non-empty JSON array")
+        return value
     if not isinstance(value, dict):
         raise ValidationError(name, f"{name} must be a JSON object")
+    return value
+
+
+#: Media given inline (base64 or a data: URI) up to this many characters (about 12 MB of file);
+#: larger files go by URL, which the worker fetches at send time.
+MAX_INLINE_MEDIA = 16 * 1024 * 1024
+_DATA_URI = re.compile(r"^data:[\w.+\-]+/[\w.+\-]+(?:;[^,]*)?;base64,")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+
+
+def path_fields(params: dict[str, Any]) -> dict[str, str]:
+    """A send route's own path parameters (`{extension}`): short words, as file extensions are."""
+    fields = {k: str(v) for k, v in params.items() if k not in ("instance", "token")}
+    for name, value in fields.items():
+        if not re.fullmatch(r"[A-Za-z0-9]{1,16}", value):
+            raise ValidationError(name, f"{name} must be 1 to 16 letters or digits")
+    return fields
+
+
+def url(data: dict[str, Any], name: str) -> str:
+    value = non_empty_text(data, name, max_length=2048).strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(name, f"{name} must be an http(s) URL")
+    return value
+
+
+def media(data: dict[str, Any], name: str) -> str:
+    """An http(s) URL (fetched by the worker when the message goes), a data: URI or base64."""
+    value = non_empty_text(data, name, max_length=MAX_INLINE_MEDIA)
+    if value.startswith(("http://", "https://")):
+        return url(data, name)
+    encoded = value[_DATA_URI.match(value).end():] if _DATA_URI.match(value) else value
+    if not _BASE64.match(encoded) or len(re.sub(r"\s", "", encoded)) % 4:
+        raise ValidationError(name, f"{name} must be an http(s) URL, a data: URI or base64 data")
+    return value
+
+
+def international_phone(data: dict[str, Any], name: str) -> str:
+    """A phone number with its country code (`+55 11 98888-7777`, `5511988887777`): a contact
+    card WhatsApp can show. Refused here, not at send time, when it cannot be read as one."""
+    import phonenumbers
+
+    value = non_empty_text(data, name, max_length=40)
+    digits = "".join(ch for ch in value if ch.isdigit())
+    try:
+        parsed = phonenumbers.parse(f"+{digits}")
+    except phonenumbers.NumberParseException:
+        parsed = None
+    if parsed is None or not phonenumbers.is_possible_number(parsed):
+        raise ValidationError(name, f"{name} must be a phone number with its country code, such as 5511988887777")
     return value
 
 

@@ -99,6 +99,9 @@ class QueuedMessage:
     finished_at: datetime | None
     worker_id: UUID | None
     phase: int | None
+    delivered_at: datetime | None = None
+    read_at: datetime | None = None
+    played_at: datetime | None = None
     position: int | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 

@@ -16,7 +16,8 @@ MESSAGE_COLUMNS = """
          THEN 'available' ELSE m.status END AS status,
     m.delay_message_ms, m.delay_typing_ms, m.scheduled_at, m.available_at,
     m.attempts, m.max_attempts, m.last_error, m.whatsapp_message_id,
-    m.enqueued_at, m.started_at, m.sent_at, m.finished_at, m.worker_id, m.phase
+    m.enqueued_at, m.started_at, m.sent_at, m.finished_at, m.worker_id, m.phase,
+    m.delivered_at, m.read_at, m.played_at
 """
 
 # --- instances -------------------------------------------------------------------------------
@@ -93,6 +94,8 @@ RECORD_WHATSAPP = """
      WHERE id = %(instance_id)s
     RETURNING id
 """
+
+RECORD_RECEIPT = "SELECT wmq_record_receipt(%(instance_id)s, %(ids)s, %(kind)s, %(at)s) AS moved"
 
 INSERT_COMMAND = """
     INSERT INTO instance_commands (instance_id, command, args) VALUES (%(instance_id)s, %(command)s, %(args)s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -116,6 +117,11 @@ class SessionHost:
                       has_qr="qr" in extra, qr=extra.get("qr"), has_jid="jid" in extra, jid=extra.get("jid"),
                       worker_id=self.worker_id)
         control.set_connection(self.core, instance_id, state, detail)
+
+    def receipt(self, instance_id: UUID, message_ids: list[str], kind: str, at: datetime) -> int:
+        """WhatsApp's receipt for messages this instance sent: `delivered`, `read` or `played`."""
+        row = self.core.one(queries.RECORD_RECEIPT, instance_id=instance_id, ids=message_ids, kind=kind, at=at)
+        return int(row["moved"]) if row else 0
 
     def run_commands(self, instance_ids: list[UUID], execute: Execute) -> None:
         """Run the pending commands for these instances, recording each result or error."""

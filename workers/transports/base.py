@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
@@ -66,6 +67,10 @@ class SessionHost(Protocol):
         ...
 
     def record(self, instance_id: UUID, state: str, detail: str | None, **extra: Any) -> None: ...
+
+    def receipt(self, instance_id: UUID, message_ids: list[str], kind: str, at: datetime) -> int:
+        """WhatsApp's receipt (`delivered`, `read`, `played`) for messages the instance sent."""
+        ...
 
     def run_commands(self, instance_ids: list[UUID],
                      execute: Callable[[UUID, str, dict[str, Any]], dict[str, Any]]) -> None: ...

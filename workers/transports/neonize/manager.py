@@ -106,7 +106,9 @@ class SessionManager(threading.Thread):
                 session = Session(instance_id, self._store, jid, self._record,
                                   proxy=self.settings.whatsapp_proxy,
                                   max_backoff=self.settings.whatsapp_reconnect_max_backoff,
-                                  pairing_deadline=self.settings.whatsapp_pairing_timeout)
+                                  pairing_deadline=self.settings.whatsapp_pairing_timeout,
+                                  on_receipt=self._receipt,
+                                  announce_available=self.settings.whatsapp_announce_available)
                 self.sessions[instance_id] = session
                 session.start()
 
@@ -132,6 +134,10 @@ class SessionManager(threading.Thread):
         if not self.owner:  # a process that lost the sessions must not overwrite the holder's record
             return
         self.host.record(instance_id, state, detail, **extra)
+
+    def _receipt(self, instance_id: UUID, message_ids: list[str], kind: str, at: Any) -> None:
+        if self.owner:
+            self.host.receipt(instance_id, message_ids, kind, at)
 
     def _run_commands(self) -> None:
         self.host.run_commands(list(self.sessions), self._execute)

@@ -2,32 +2,50 @@
 
 The types and their fields (Z-API's names) are the table in service/core/message_types.py;
 `BUILDERS` has one entry per type there (tests/whatsapp_checks.py checks both name the same
-types). Media fields are an http(s) URL, a `data:` URI or base64. Media is uploaded through the
-`upload` callable (the client's, in production; a stand-in in tests: it is the network edge).
+types). Media fields are an http(s) URL, a `data:` URI or base64. Media is uploaded through
+`Build.upload` (the client's, in production; a stand-in in tests: it is the network edge).
+
+What WhatsApp accepts, as built here:
+- a voice note (`ptt`) only as Opus in OGG, with its duration: other audio is converted with
+  ffmpeg where installed, or else sent as a plain audio file;
+- buttons and option lists as native-flow interactive messages (what renders on ordinary
+  accounts; neonize adds the `biz_bot` node they need in one-to-one chats, its default), built
+  with neonize's own `ButtonMessage`;
+- polls and reactions as whatsmeow's `BuildPollCreation` and `BuildReaction` make them (those
+  are Go calls on a live client, so the same protobuf is built here);
+- images with their size and a JPEG thumbnail, videos with duration and thumbnail where ffmpeg
+  is installed, stickers as 512 × 512 WebP, links with their preview fields.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from neonize.proto.Neonize_pb2 import UploadResponse
+from neonize.proto.waCommon.WACommon_pb2 import MessageKey
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
     AudioMessage,
-    ButtonsMessage,
     ContactMessage,
     DocumentMessage,
+    ExtendedTextMessage,
     ImageMessage,
-    ListMessage,
     LocationMessage,
     Message,
+    MessageContextInfo,
+    PollCreationMessage,
+    ReactionMessage,
+    StickerMessage,
     VideoMessage,
 )
-from neonize.utils import gen_vcard
 from neonize.utils.enum import MediaType
 
 from workers.transports.base import PermanentSendError
+from workers.transports.neonize import mediainfo
 from workers.transports.neonize.media import Media, fetch_media
 
 Upload = Callable[[bytes, MediaType], UploadResponse]
@@ -35,15 +53,27 @@ Fetch = Callable[[str], Media]
 
 DEFAULT_MIMETYPES = {
     "image": "image/jpeg",
-    "audio": "audio/ogg; codecs=opus",
+    "audio": "audio/mpeg",
     "video": "video/mp4",
     "document": "application/octet-stream",
 }
+VOICE_MIMETYPE = "audio/ogg; codecs=opus"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a builder may use besides the payload: the upload, the media fetch, the chat."""
+
+    upload: Upload
+    fetch: Fetch = fetch_media
+    #: The recipient's address (`user@s.whatsapp.net`, `…@g.us`): a reaction names its chat.
+    to: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 def _required(payload: dict[str, Any], name: str) -> Any:
     value = payload.get(name)
-    if value in (None, ""):
+    if value in (None, "", [], {}):
         raise PermanentSendError(f"{name} is missing")
     return value
 
@@ -78,54 +108,78 @@ def _uploaded(upload: UploadResponse) -> dict[str, Any]:
     }
 
 
-def build_message(message_type: str, payload: dict[str, Any], upload: Upload, fetch: Fetch = fetch_media) -> Message:
+def build_message(message_type: str, payload: dict[str, Any], upload: Upload, fetch: Fetch = fetch_media,
+                  to: str = "") -> Message:
     builder = BUILDERS.get(message_type)
     if builder is None:
         raise PermanentSendError(f"unsupported message type: {message_type}")
-    return builder(payload, upload, fetch)
+    return builder(payload, Build(upload, fetch, to))
 
 
-def text(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
+def text(payload: dict[str, Any], build: Build) -> Message:
     return Message(conversation=_required(payload, "message"))
 
 
-def _media(kind: str, media_type: MediaType, payload: dict[str, Any], upload: Upload, fetch: Fetch
-           ) -> dict[str, Any]:
-    """The fields an image, audio or video message shares: the upload, mimetype, view-once."""
-    media = fetch(_required(payload, kind))
-    return {"mimetype": _sniff(media, kind), "viewOnce": bool(payload.get("viewOnce", False)),
-            **_uploaded(upload(media.data, media_type))}
+def image(payload: dict[str, Any], build: Build) -> Message:
+    media = build.fetch(_required(payload, "image"))
+    seen = mediainfo.picture(media.data)
+    size = {"width": seen.width, "height": seen.height, "JPEGThumbnail": seen.thumbnail} if seen else {}
+    return Message(imageMessage=ImageMessage(
+        caption=payload.get("caption"), mimetype=_sniff(media, "image"), viewOnce=bool(payload.get("viewOnce")),
+        **size, **_uploaded(build.upload(media.data, MediaType.MediaImage))))
 
 
-def image(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    fields = _media("image", MediaType.MediaImage, payload, upload, fetch)
-    return Message(imageMessage=ImageMessage(caption=payload.get("caption"), **fields))
+def audio(payload: dict[str, Any], build: Build) -> Message:
+    """A voice note when asked (`ptt`, the default) and the audio is, or can be made, Opus in OGG;
+    otherwise an audio file, which phones play whatever its codec."""
+    media = build.fetch(_required(payload, "audio"))
+    data, voice = media.data, False
+    if payload.get("ptt", True):
+        if mediainfo.is_ogg_opus(data):
+            voice = True
+        else:
+            converted = mediainfo.to_ogg_opus(data)
+            if converted is not None:
+                data, voice = converted, True
+            else:
+                build.notes.append("not Opus and no ffmpeg to convert it: sent as an audio file, not a voice note")
+    seconds = mediainfo.ogg_opus_seconds(data) if voice else mediainfo.seconds(data)
+    return Message(audioMessage=AudioMessage(
+        PTT=voice, mimetype=VOICE_MIMETYPE if voice else _sniff(media, "audio"),
+        viewOnce=bool(payload.get("viewOnce")), **({"seconds": seconds} if seconds else {}),
+        **_uploaded(build.upload(data, MediaType.MediaAudio))))
 
 
-def audio(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    fields = _media("audio", MediaType.MediaAudio, payload, upload, fetch)
-    return Message(audioMessage=AudioMessage(PTT=bool(payload.get("ptt", True)), **fields))
+def video(payload: dict[str, Any], build: Build) -> Message:
+    media = build.fetch(_required(payload, "video"))
+    extra: dict[str, Any] = {}
+    seconds = mediainfo.seconds(media.data)
+    if seconds:
+        extra["seconds"] = seconds
+    frame = mediainfo.video_frame(media.data)
+    seen = mediainfo.picture(frame) if frame else None
+    if seen:
+        extra.update(width=seen.width, height=seen.height, JPEGThumbnail=seen.thumbnail)
+    return Message(videoMessage=VideoMessage(
+        caption=payload.get("caption"), mimetype=_sniff(media, "video"), viewOnce=bool(payload.get("viewOnce")),
+        **extra, **_uploaded(build.upload(media.data, MediaType.MediaVideo))))
 
 
-def video(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    fields = _media("video", MediaType.MediaVideo, payload, upload, fetch)
-    return Message(videoMessage=VideoMessage(caption=payload.get("caption"), **fields))
-
-
-def document(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    media = fetch(_required(payload, "document"))
+def document(payload: dict[str, Any], build: Build) -> Message:
+    media = build.fetch(_required(payload, "document"))
     extension = payload.get("extension")
     file_name = payload.get("fileName") or (f"document.{extension}" if extension else "document")
     if extension and not file_name.endswith(f".{extension}"):
         file_name = f"{file_name}.{extension}"
+    seen = mediainfo.picture(media.data)  # an image sent as a document keeps its preview
     return Message(documentMessage=DocumentMessage(
         mimetype=_sniff(media, "document", extension), fileName=file_name, title=file_name,
-        caption=payload.get("caption"),
-        **_uploaded(upload(media.data, MediaType.MediaDocument)),
+        caption=payload.get("caption"), **({"JPEGThumbnail": seen.thumbnail} if seen else {}),
+        **_uploaded(build.upload(media.data, MediaType.MediaDocument)),
     ))
 
 
-def location(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
+def location(payload: dict[str, Any], build: Build) -> Message:
     return Message(locationMessage=LocationMessage(
         degreesLatitude=float(_required(payload, "latitude")),
         degreesLongitude=float(_required(payload, "longitude")),
@@ -133,50 +187,134 @@ def location(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
     ))
 
 
-def contact(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
-    name = _required(payload, "contactName")
+def _vcard_text(value: str) -> str:
+    """vCard 3.0 escaping: a name cannot add lines (fields) of its own."""
+    return (value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "")
+            .replace(",", "\\,").replace(";", "\\;"))
+
+
+def contact(payload: dict[str, Any], build: Build) -> Message:
+    """A contact card: the number in international format with its WhatsApp id, as phones make
+    them; the business description, if any, as WhatsApp's own vCard field."""
+    import phonenumbers
+
+    name = str(_required(payload, "contactName"))
     digits = "".join(ch for ch in str(_required(payload, "contactPhone")) if ch.isdigit())
     if not digits:
         raise PermanentSendError("contactPhone has no digits")
-    return Message(contactMessage=ContactMessage(displayName=name, vcard=gen_vcard(name, digits)))
+    try:
+        international = phonenumbers.format_number(phonenumbers.parse(f"+{digits}"),
+                                                   phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException as error:
+        raise PermanentSendError(f"contactPhone cannot be read as a phone number: {error}") from None
+    lines = ["BEGIN:VCARD", "VERSION:3.0", f"FN:{_vcard_text(name)}",
+             f"item1.TEL;waid={digits}:{international}", "item1.X-ABLabel:Celular"]
+    if payload.get("contactBusinessDescription"):
+        lines.append(f"X-WA-BIZ-DESCRIPTION:{_vcard_text(str(payload['contactBusinessDescription']))}")
+    return Message(contactMessage=ContactMessage(displayName=name, vcard="\n".join([*lines, "END:VCARD"])))
 
 
-def button_list(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
+class _Uploader:
+    """What neonize's ButtonMessage wants of a client: `upload(data)`."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+
+    def upload(self, data: bytes) -> UploadResponse:
+        return self.build.upload(data, MediaType.MediaImage)
+
+
+def button_list(payload: dict[str, Any], build: Build) -> Message:
+    from neonize.ext.interactive_message.button import ButtonMessage
+
     spec = _required(payload, "buttonList")
-    buttons = [
-        ButtonsMessage.Button(
-            buttonID=str(button.get("id") or n + 1),
-            buttonText=ButtonsMessage.Button.ButtonText(displayText=button["label"]),
-            type=ButtonsMessage.Button.Type.RESPONSE,
-        )
-        for n, button in enumerate(spec.get("buttons") or [])
-    ]
+    buttons = spec.get("buttons") or []
     if not buttons:
         raise PermanentSendError("buttonList.buttons is empty")
-    return Message(buttonsMessage=ButtonsMessage(
-        contentText=_required(payload, "message"), footerText=spec.get("footer"),
-        headerType=ButtonsMessage.HeaderType.EMPTY, buttons=buttons,
-    ))
+    message = ButtonMessage().set_body(_required(payload, "message"))
+    if spec.get("footer"):
+        message.set_footer(str(spec["footer"]))
+    if spec.get("image"):
+        message.set_image(build.fetch(str(spec["image"])).data)
+    for n, button in enumerate(buttons):
+        if not isinstance(button, dict) or not button.get("label"):
+            raise PermanentSendError(f"buttonList.buttons[{n}].label is missing")
+        message.add_reply(str(button["label"]), str(button.get("id") or n + 1))
+    return message.prepare_send(_Uploader(build))  # type: ignore[arg-type]
 
 
-def option_list(payload: dict[str, Any], upload: Upload, fetch: Fetch) -> Message:
+def option_list(payload: dict[str, Any], build: Build) -> Message:
+    from neonize.ext.interactive_message.button import ButtonMessage
+
     spec = _required(payload, "optionList")
-    rows = [
-        ListMessage.Row(rowID=str(option.get("id") or n + 1), title=option["title"],
-                        description=option.get("description"))
-        for n, option in enumerate(spec.get("options") or [])
-    ]
-    if not rows:
+    options = spec.get("options") or []
+    if not options:
         raise PermanentSendError("optionList.options is empty")
-    return Message(listMessage=ListMessage(
-        title=spec.get("title"), description=_required(payload, "message"),
-        buttonText=spec.get("buttonLabel") or "Options",
-        listType=ListMessage.ListType.SINGLE_SELECT,
-        sections=[ListMessage.Section(title=spec.get("title"), rows=rows)],
-    ))
+    message = ButtonMessage().set_body(_required(payload, "message"))
+    if spec.get("title"):
+        message.set_title(str(spec["title"]))
+    message.add_selection(str(spec.get("buttonLabel") or "Options")).add_section(str(spec.get("title") or ""))
+    for n, option in enumerate(options):
+        if not isinstance(option, dict) or not option.get("title"):
+            raise PermanentSendError(f"optionList.options[{n}].title is missing")
+        message.add_row(str(option["title"]), str(option.get("description") or ""), str(option.get("id") or n + 1))
+    return message.prepare_send(_Uploader(build))  # type: ignore[arg-type]
 
 
-BUILDERS: dict[str, Callable[[dict[str, Any], Upload, Fetch], Message]] = {
+def sticker(payload: dict[str, Any], build: Build) -> Message:
+    media = build.fetch(_required(payload, "sticker"))
+    try:
+        webp = mediainfo.sticker_webp(media.data)
+    except Exception as error:
+        raise PermanentSendError(f"sticker is not an image Pillow can read: {error}") from None
+    return Message(stickerMessage=StickerMessage(
+        mimetype="image/webp", width=512, height=512, isAnimated=False,
+        **_uploaded(build.upload(webp, MediaType.MediaImage))))
+
+
+def poll(payload: dict[str, Any], build: Build) -> Message:
+    """As whatsmeow's BuildPollCreation: the options, how many may be chosen (0: any), and a
+    random message secret, which votes are encrypted with."""
+    options = _required(payload, "poll")
+    names = [str(o.get("name") if isinstance(o, dict) else o).strip() for o in options]
+    if not all(names) or len(set(names)) != len(names):
+        raise PermanentSendError("poll options must be distinct and non-empty")
+    selectable = int(payload.get("pollMaxOptions") or 0)
+    if selectable < 0 or selectable > len(names):
+        selectable = 0
+    return Message(
+        pollCreationMessage=PollCreationMessage(
+            name=_required(payload, "message"), selectableOptionsCount=selectable,
+            options=[PollCreationMessage.Option(optionName=name) for name in names]),
+        messageContextInfo=MessageContextInfo(messageSecret=os.urandom(32)))
+
+
+def reaction(payload: dict[str, Any], build: Build) -> Message:
+    """As whatsmeow's BuildReaction: the key of the message reacted to (in this chat, sent by the
+    contact unless `fromMe`), the emoji ("" removes a reaction), the time."""
+    return Message(reactionMessage=ReactionMessage(
+        key=MessageKey(remoteJID=build.to, fromMe=bool(payload.get("fromMe")), ID=_required(payload, "messageId")),
+        text=str(payload.get("reaction") or ""), senderTimestampMS=int(time.time() * 1000)))
+
+
+def link(payload: dict[str, Any], build: Build) -> Message:
+    """Text with a link preview: the link must be in the text (it is added if not)."""
+    url = str(_required(payload, "linkUrl"))
+    body = str(_required(payload, "message"))
+    if url not in body:
+        body = f"{body}\n{url}"
+    preview: dict[str, Any] = {}
+    if payload.get("image"):
+        seen = mediainfo.picture(build.fetch(str(payload["image"])).data)
+        if seen:
+            preview = {"JPEGThumbnail": seen.thumbnail, "thumbnailWidth": seen.width,
+                       "thumbnailHeight": seen.height}
+    return Message(extendedTextMessage=ExtendedTextMessage(
+        text=body, matchedText=url, title=payload.get("title"),
+        description=payload.get("linkDescription"), previewType=ExtendedTextMessage.PreviewType.NONE, **preview))
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any], Build], Message]] = {
     "text": text,
     "image": image,
     "audio": audio,
@@ -186,4 +324,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any], Upload, Fetch], Message]] = {
     "contact": contact,
     "button-list": button_list,
     "option-list": option_list,
+    "sticker": sticker,
+    "poll": poll,
+    "reaction": reaction,
+    "link": link,
 }

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -31,12 +32,14 @@ from neonize.events import (
     KeepAliveRestoredEv,
     KeepAliveTimeoutEv,
     LoggedOutEv,
+    ReceiptEv,
     StreamErrorEv,
     StreamReplacedEv,
     TemporaryBanEv,
 )
-from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason
+from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason, Receipt
 from neonize.utils import build_jid
+from neonize.utils.enum import Presence
 
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.pairing import PairingAttempt
@@ -47,6 +50,11 @@ logger = logging.getLogger("wmq.whatsapp")
 
 #: (instance_id, state, detail, extra) → None. `extra` may hold `qr` or `jid`.
 Listener = Callable[[UUID, str, str | None, dict[str, Any]], None]
+#: (instance_id, WhatsApp message ids, kind, when) → None; kind: delivered, read, played.
+ReceiptListener = Callable[[UUID, list[str], str, datetime], Any]
+
+#: Receipts from the contact for messages we sent (the `…_SELF` ones come from our own devices).
+RECEIPT_KINDS = {Receipt.DELIVERED: "delivered", Receipt.READ: "read", Receipt.PLAYED: "played"}
 
 #: States after which the session does not reconnect by itself (a restart command does; a
 #: temporary ban ends by itself).
@@ -94,7 +102,8 @@ class Session:
 
     def __init__(self, instance_id: UUID, store: Store, jid: str | None, listener: Listener, *,
                  proxy: str | None = None, max_backoff: float = 60.0,
-                 pairing_deadline: float = 170.0, pairing_command: list[str] | None = None) -> None:
+                 pairing_deadline: float = 170.0, pairing_command: list[str] | None = None,
+                 on_receipt: ReceiptListener | None = None, announce_available: bool = True) -> None:
         self.instance_id = instance_id
         self.store = store
         self.jid = jid
@@ -103,6 +112,8 @@ class Session:
         self.max_backoff = max_backoff
         self.pairing_deadline = pairing_deadline
         self.pairing_command = pairing_command
+        self.on_receipt = on_receipt or (lambda *args: None)
+        self.announce_available = announce_available
         self.generation = 0
         self._was_connected = False
         self.state = "disconnected"
@@ -151,6 +162,7 @@ class Session:
             (StreamErrorEv, self._on_stream_error),
             (KeepAliveTimeoutEv, self._on_keepalive_timeout),
             (KeepAliveRestoredEv, self._on_keepalive_restored),
+            (ReceiptEv, self._on_receipt),
         ):
             event(kind)(self._first_sign_of_life(handler))
         return client
@@ -192,6 +204,27 @@ class Session:
             threading.Thread(target=stop_client, args=(client,), daemon=True).start()
             return
         self._set("connected")
+        if self.announce_available:
+            threading.Thread(target=self._announce, args=(client,), daemon=True).start()
+
+    def _announce(self, client: NewClient) -> None:
+        """Show the account as online: WhatsApp shows a contact "typing…" only from an account
+        that is. (It also stops the phone's notifications while the session is connected.)"""
+        try:
+            REGISTRY.read(lambda: client.send_presence(Presence.AVAILABLE))
+        except Exception as error:  # no push name yet, just after pairing: the next connect will
+            logger.warning("could not announce the account as available",
+                           extra={"instance_id": str(self.instance_id), "error": str(error)})
+
+    def _on_receipt(self, client: NewClient, event: ReceiptEv) -> None:
+        kind = RECEIPT_KINDS.get(event.Type)
+        if kind is None or event.MessageSource.IsFromMe or not event.MessageIDs:
+            return
+        at = datetime.fromtimestamp(event.Timestamp, UTC) if event.Timestamp else datetime.now(UTC)
+        try:
+            self.on_receipt(self.instance_id, list(event.MessageIDs), kind, at)
+        except Exception:  # never let a database error reach the Go callback
+            logger.exception("could not record a receipt", extra={"instance_id": str(self.instance_id)})
 
     def _on_disconnected(self, client: NewClient, event: DisconnectedEv) -> None:
         if self.state not in TERMINAL:

@@ -113,7 +113,7 @@ class NeonizeTransport:
 
         # Fetching and uploading media sends nothing yet: a timeout there is plainly retryable.
         built = self._bounded(message.instance_id, lambda: build_message(message.message_type, message.payload,
-                                                                         upload=upload),
+                                                                         upload=upload, to=to_jid_text(message.phone)),
                               RetryableSendError)
         return self._bounded(message.instance_id,
                              lambda: str(REGISTRY.read(lambda: client.send_message(jid, built)).ID),

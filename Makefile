@@ -21,7 +21,7 @@ run: install
 
 test: install-test
 	$(BIN)/ruff check service workers tests scripts bench
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 check: install-test
 	$(BIN)/ruff check service workers tests scripts bench

@@ -45,6 +45,10 @@ def test_each_client_has_a_registry_key_of_its_own_and_no_finalizer() -> None:
     assert "one per client, no finalizer" in run_check("client_keys")
 
 
+def test_a_number_whatsapp_knows_in_another_form_is_sent_there() -> None:
+    assert "sent to the registered form, remembered" in run_check("number_forms")
+
+
 def test_pairing_runs_in_a_child_process_that_ends_with_the_attempt() -> None:
     assert "stuck attempt killed" in run_check("pairing")
 
@@ -57,7 +61,7 @@ def test_an_unpaired_instance_waits_for_a_pairing_request_and_others_flow(make_s
     """A neonize instance connects nothing until a QR code is asked for; its messages wait, the
     simulator's flow. Asking starts a real pairing attempt, which cannot reach WhatsApp from here:
     the answer says so, and the instance is unpaired again, saying why."""
-    stack: Stack = make_stack()
+    stack: Stack = make_stack(MESSAGE_QUEUE_DISCONNECT_RETRY_DELAY="300ms")
     real = stack.create_instance(transport="neonize")
     simulated = stack.create_instance()
     waiting = stack.send_text(real, "for a real phone")["zaapId"]

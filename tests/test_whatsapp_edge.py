@@ -25,6 +25,7 @@ from workers.transports.base import (
 )
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.media import fetch_media
+from workers.transports.neonize.numbers import brazil_variants
 from workers.transports.neonize.registry import RegistryLock
 from workers.transports.neonize.store import StoreError, check_schema, store_url
 
@@ -273,3 +274,18 @@ def test_the_go_registry_lock_keeps_reads_off_a_connect_and_never_waits_on_a_hun
     slow.connect_gate()
     with pytest.raises(RetryableSendError, match="nothing was sent"):
         slow.read(lambda: "never")
+
+
+@pytest.mark.parametrize(
+    ("phone", "variants"),
+    [
+        ("5511988887777", ["551188887777"]),  # São Paulo mobile with the ninth digit: also without
+        ("551188887777", ["5511988887777"]),  # and the other way round
+        ("5521999998888", ["552199998888"]),
+        ("551133334444", []),  # a landline (starts 2–5): one form only
+        ("4915112345678", []),  # not Brazil
+        ("120363025246125244-group", []),
+    ],
+)
+def test_brazilian_mobiles_have_a_form_with_and_without_the_ninth_digit(phone: str, variants: list[str]) -> None:
+    assert brazil_variants(phone) == variants

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.message import Message as Proto
 from neonize.events import EVENT_TO_INT, ConnectedEv, DisconnectedEv, LoggedOutEv
-from neonize.proto.Neonize_pb2 import ConnectFailureReason, UploadResponse
+from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason, UploadResponse
 from neonize.utils.enum import MediaType
 
 from workers.transports.base import InstanceDisconnected, OutgoingMessage, PermanentSendError
@@ -325,6 +325,29 @@ def session_events() -> None:
         def get(self, instance_id: uuid.UUID) -> Session | None:
             return session if instance_id == instance.id else None
 
+    # A temporary ban ends by itself: when it expires the session connects again, unasked.
+    import threading
+    import time
+
+    reconnected: list[float] = []
+    release = threading.Event()
+    banned = Session(instance.id, FakeStore(), jid, lambda *a: None, announce_available=False)  # type: ignore[arg-type]
+
+    def connect_once() -> None:  # the network edge: a connect that holds until the session stops
+        reconnected.append(time.monotonic())
+        release.wait(10)
+
+    banned._connect_once = connect_once  # type: ignore[method-assign]
+    assert banned.client is not None
+    push(banned.client, TemporaryBanEv(Code=TemporaryBanEv.SENT_TOO_MANY_SAME_MESSAGE, Expire=1))
+    started = time.monotonic()
+    banned.start()
+    assert stops_waiting(lambda: reconnected), "the session did not reconnect when the ban expired"
+    assert reconnected[0] - started >= 0.8, "reconnected before the ban expired"
+    assert banned.client is not None and banned.client.uuid.decode() == f"{instance.id}/2"
+    release.set()
+    banned._stopping.set()
+
     transport = NeonizeTransport(Holder(), timeout=5, threads=1)  # type: ignore[arg-type]
     try:
         transport.send(OutgoingMessage(zaap_id="0" * 32, instance_id=instance.id, phone="5511999999999",
@@ -494,6 +517,60 @@ def store() -> None:
         assert states[-1][0] == "disconnected" and "failed to dial" in (states[-1][1] or ""), states[-1]
         assert store_connections(database_url) == baseline
     print(f"store: commas are fine; neonize leaked {leaked} connections in 2 connects, the session none in 3")
+
+
+def number_forms() -> None:
+    """A Brazilian mobile number WhatsApp knows without its ninth digit: whatsmeow says "no LID
+    found" before sending anything, the transport asks WhatsApp which form is registered, sends
+    there and remembers it; any other number with no account is a permanent failure. Every call
+    holds the Go registry's shared side."""
+    from types import SimpleNamespace
+
+    from neonize.proto.Neonize_pb2 import IsOnWhatsAppResponse
+
+    from workers.transports.neonize.registry import REGISTRY
+    from workers.transports.neonize.transport import NeonizeTransport
+
+    sent: list[str] = []
+    asked: list[tuple[str, ...]] = []
+
+    class Client:
+        upload = FakeUpload()
+
+        def send_message(self, jid: Any, message: Any) -> Any:
+            assert REGISTRY._readers >= 1, "a Go call outside the registry lock"
+            if jid.User in ("5511988887777", "4915112345678"):
+                raise RuntimeError(f"no LID found for {jid.User}@s.whatsapp.net from server")
+            sent.append(f"{jid.User}@{jid.Server}")
+            return SimpleNamespace(ID=f"WA-{len(sent)}")
+
+        def is_on_whatsapp(self, *numbers: str) -> list[IsOnWhatsAppResponse]:
+            assert REGISTRY._readers >= 1, "a Go call outside the registry lock"
+            asked.append(numbers)
+            return [IsOnWhatsAppResponse(Query=numbers[0], IsIn=True,
+                                         JID=JID(User="551188887777", Server="s.whatsapp.net"))]
+
+    session = SimpleNamespace(connected=True, state="connected", detail=None, client=Client())
+    transport = NeonizeTransport(SimpleNamespace(owner=True, get=lambda i: session), timeout=5,  # type: ignore[arg-type]
+                                 threads=2)
+    instance_id = uuid.uuid4()
+
+    def message(phone: str, text: str) -> OutgoingMessage:
+        return OutgoingMessage(zaap_id=uuid.uuid4().hex, instance_id=instance_id, phone=phone,
+                               message_type="text", payload={"message": text})
+
+    assert transport.send(message("5511988887777", "first")) == "WA-1"
+    assert asked == [("+551188887777",)] and sent == ["551188887777@s.whatsapp.net"]
+    assert transport.send(message("5511988887777", "second")) == "WA-2"
+    assert len(asked) == 1, "the registered form is remembered"
+    try:
+        transport.send(message("4915112345678", "not on WhatsApp"))
+    except PermanentSendError as error:
+        assert "no LID found" in str(error)
+    else:
+        raise AssertionError("a number with no account must fail for good")
+    transport.close()
+    print("number forms: sent to the registered form, remembered")
 
 
 #: Stands in for WhatsApp's side of pairing.py's child: QR codes and then a Go call that never

@@ -7,6 +7,7 @@ answer in time may still reach WhatsApp: it is reported as uncertain.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +20,7 @@ from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 from workers.transports.base import (
     InstanceDisconnected,
     OutgoingMessage,
+    PermanentSendError,
     Presence,
     RetryableSendError,
     TransportError,
@@ -27,10 +29,12 @@ from workers.transports.base import (
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.manager import SessionManager
 from workers.transports.neonize.messages import build_message
+from workers.transports.neonize.numbers import brazil_variants
 from workers.transports.neonize.registry import REGISTRY
 from workers.transports.neonize.sessions import Session, parse_jid
 
 T = TypeVar("T")
+logger = logging.getLogger("wmq.whatsapp")
 
 PRESENCES = {
     "composing": (ChatPresence.CHAT_PRESENCE_COMPOSING, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT),
@@ -57,6 +61,9 @@ class NeonizeTransport:
         #: call returns, the instance sends nothing more, or a later message could overtake it, or
         #: a retry repeat it, if it lands after all (issue 11).
         self.abandoned: dict[UUID, Future[Any]] = {}
+        #: (instance, phone) → the WhatsApp address that phone is registered under, when it is
+        #: another form of the number (numbers.py).
+        self.resolved: dict[tuple[UUID, str], str] = {}
         self._lock = threading.Lock()
 
     def _session(self, instance_id: UUID) -> Session:
@@ -106,18 +113,45 @@ class NeonizeTransport:
 
     def send(self, message: OutgoingMessage) -> str:
         client = self._session(message.instance_id).client
-        jid = parse_jid(to_jid_text(message.phone))
+        to = self.resolved.get((message.instance_id, message.phone)) or to_jid_text(message.phone)
 
         def upload(data: bytes, kind: Any) -> Any:
             return REGISTRY.read(lambda: client.upload(data, kind))
 
         # Fetching and uploading media sends nothing yet: a timeout there is plainly retryable.
         built = self._bounded(message.instance_id, lambda: build_message(message.message_type, message.payload,
-                                                                         upload=upload, to=to_jid_text(message.phone)),
+                                                                         upload=upload, to=to),
                               RetryableSendError)
-        return self._bounded(message.instance_id,
-                             lambda: str(REGISTRY.read(lambda: client.send_message(jid, built)).ID),
+        try:
+            return self._send(message.instance_id, client, to, built)
+        except PermanentSendError as error:
+            # "no LID found" comes before anything is sent: the number may be registered in
+            # another form (Brazil's ninth digit), which WhatsApp can tell.
+            other = self._other_form(message, client) if "no LID found" in str(error) else None
+            if other is None:
+                raise
+            logger.info("sending to the number's registered form", extra={
+                "zaap_id": message.zaap_id, "instance_id": str(message.instance_id), "jid": other})
+            self.resolved[(message.instance_id, message.phone)] = other
+            if message.message_type == "reaction":
+                built = build_message(message.message_type, message.payload, upload=upload, to=other)
+            return self._send(message.instance_id, client, other, built)
+
+    def _send(self, instance_id: UUID, client: Any, to: str, built: Any) -> str:
+        jid = parse_jid(to)
+        return self._bounded(instance_id, lambda: str(REGISTRY.read(lambda: client.send_message(jid, built)).ID),
                              UncertainSendError, sending=True)
+
+    def _other_form(self, message: OutgoingMessage, client: Any) -> str | None:
+        """The registered form of the message's number, if WhatsApp knows one."""
+        variants = brazil_variants(message.phone)
+        if not variants:
+            return None
+        answers = self._bounded(message.instance_id,
+                                lambda: REGISTRY.read(lambda: client.is_on_whatsapp(*(f"+{v}" for v in variants))),
+                                RetryableSendError)
+        registered = [a for a in answers if a.IsIn and a.JID.User]
+        return f"{registered[0].JID.User}@{registered[0].JID.Server or 's.whatsapp.net'}" if registered else None
 
     def close(self) -> None:
         self.calls.shutdown(wait=False, cancel_futures=True)

@@ -154,7 +154,8 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
         # A path parameter of the route (send-document/{extension}) is a field of the message.
         body.update(schemas.path_fields(request.path_params))
         message = schemas.message(message_type, body)
-        enqueued = await enqueue.enqueue(core(request), instance.id, message)
+        key = schemas.idempotency_key(request.headers)
+        enqueued = await enqueue.enqueue(core(request), instance.id, message, idempotency_key=key)
         return JSONResponse({
             "zaapId": enqueued.zaap_id,
             "messageId": enqueued.zaap_id,
@@ -162,7 +163,7 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
             "status": enqueued.status,
             "sequence": enqueued.sequence,
             "scheduledFor": iso(enqueued.scheduled_at),
-        })
+        }, headers={"Idempotent-Replayed": "true"} if enqueued.replayed else None)
 
     endpoint.__name__ = f"send_{message_type.name.replace('-', '_')}"
     return endpoint

@@ -15,6 +15,7 @@ from service.core.errors import CoreError, Kind, Subject
 STATUS_OF_KIND: dict[Kind, int] = {
     "not_found": 404,
     "conflict": 409,
+    "unprocessable": 422,
     "invalid": 400,
 }
 
@@ -23,6 +24,7 @@ FIELD_OF_SUBJECT: dict[Subject, str] = {
     "message": "zaapId",
     "transport": "transport",
     "delay": "delayMessage",
+    "idempotency_key": "Idempotency-Key",
 }
 
 

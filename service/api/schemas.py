@@ -188,6 +188,16 @@ _DATA_URI = re.compile(r"^data:[\w.+\-]+/[\w.+\-]+(?:;[^,]*)?;base64,")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 
 
+def idempotency_key(headers: Any) -> str | None:
+    """The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent."""
+    value = headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not re.fullmatch(r"[\x21-\x7e]{1,255}", value):
+        raise ValidationError("Idempotency-Key", "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return str(value)
+
+
 def path_fields(params: dict[str, Any]) -> dict[str, str]:
     """A send route's own path parameters (`{extension}`): short words, as file extensions are."""
     fields = {k: str(v) for k, v in params.items() if k not in ("instance", "token")}

@@ -1,13 +1,18 @@
-"""Accept one message: the send routes' one database call (sql `wmq_enqueue`).
+"""Accept one message: the send routes' one database call (sql `wmq_enqueue`, or
+`wmq_enqueue_once` under an idempotency key).
 
 One transaction: the instance lock (I1), the next sequence and the chained due time, the insert,
-and the dispatch if the message is the head (I2). A 2xx answer means all of it is committed.
+and the dispatch if the message is the head (I2); with a key, the key's row and the first answer
+too. A 2xx answer means all of it is committed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
+from datetime import timedelta
 from uuid import UUID, uuid4
 
 import psycopg
@@ -15,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from service.core import queries
 from service.core.context import Core
-from service.core.errors import DueTimeTooFar, InstanceNotFound
+from service.core.errors import DueTimeTooFar, IdempotencyKeyReused, InstanceNotFound
 from service.core.models import Enqueued, MessageRequest
 
 logger = logging.getLogger("wmq.core")
@@ -26,13 +31,31 @@ def jitter_ms(core: Core) -> int:
     return round(random.uniform(core.settings.message_queue_min_jitter, core.settings.message_queue_max_jitter) * 1000)
 
 
-async def enqueue(core: Core, instance_id: UUID, request: MessageRequest) -> Enqueued:
-    """Queue `request` behind the instance's other messages; on the API's event loop."""
+#: How long an idempotency key's first answer is given back.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+def request_hash(request: MessageRequest) -> str:
+    """What makes two requests "the same" under one idempotency key: every field that is stored."""
+    fields = {"type": request.message_type, "phone": request.phone, "payload": request.payload,
+              "delay": request.delay_message_ms, "typing": request.delay_typing_ms,
+              "at": request.scheduled_for.isoformat() if request.scheduled_for else None}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+async def enqueue(core: Core, instance_id: UUID, request: MessageRequest,
+                  idempotency_key: str | None = None) -> Enqueued:
+    """Queue `request` behind the instance's other messages; on the API's event loop. With an
+    idempotency key already used for the same request within a day, the first answer comes back
+    and nothing is stored."""
     zaap_id = uuid4().hex
     route = core.route
+    keyed = {} if idempotency_key is None else {"key": idempotency_key, "hash": request_hash(request),
+                                                 "ttl": IDEMPOTENCY_TTL}
     try:
         row = await core.one_async(
-            queries.ENQUEUE,
+            queries.ENQUEUE_ONCE if keyed else queries.ENQUEUE,
+            **keyed,
             zaap_id=zaap_id,
             instance_id=instance_id,
             message_type=request.message_type,
@@ -50,9 +73,17 @@ async def enqueue(core: Core, instance_id: UUID, request: MessageRequest) -> Enq
         raise InstanceNotFound("instance not found") from None
     except (psycopg.errors.DatetimeFieldOverflow, psycopg.errors.IntervalFieldOverflow):
         raise DueTimeTooFar("the delays of this instance's queue chain more than 100 years ahead") from None
+    except psycopg.Error as error:
+        if error.sqlstate == "WQ422":
+            raise IdempotencyKeyReused("Idempotency-Key was already used with another request") from None
+        raise
     assert row is not None
-    enqueued = Enqueued(zaap_id=zaap_id, instance_id=instance_id, sequence=row["sequence"],
-                        scheduled_at=row["scheduled_at"], status=row["status"])
+    enqueued = Enqueued(zaap_id=row.get("zaap_id", zaap_id), instance_id=instance_id, sequence=row["sequence"],
+                        scheduled_at=row["scheduled_at"], status=row["status"], replayed=bool(row.get("replayed")))
+    if enqueued.replayed:
+        logger.info("idempotent send answered again", extra={
+            "zaap_id": enqueued.zaap_id, "instance_id": str(instance_id), "sequence": enqueued.sequence})
+        return enqueued
     logger.info("message enqueued", extra={
         "zaap_id": zaap_id, "instance_id": str(instance_id), "sequence": enqueued.sequence,
         "message_type": request.message_type, "scheduled_at": enqueued.scheduled_at.isoformat(),

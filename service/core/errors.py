@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["not_found", "conflict", "invalid"]
-Subject = Literal["instance", "message", "transport", "delay"]
+Kind = Literal["not_found", "conflict", "invalid", "unprocessable"]
+Subject = Literal["instance", "message", "transport", "delay", "idempotency_key"]
 
 
 class CoreError(Exception):
@@ -49,6 +49,13 @@ class CancelRefused(CoreError):
     def __init__(self, status: str) -> None:
         super().__init__(f"message is {status} and can no longer be cancelled")
         self.status = status
+
+
+class IdempotencyKeyReused(CoreError):
+    """The idempotency key was used, within its time to live, for another request."""
+
+    kind = "unprocessable"
+    subject = "idempotency_key"
 
 
 class SessionCommandFailed(CoreError):

@@ -43,6 +43,13 @@ def redispatch_orphans(core: Core, conn: Connection) -> list[dict[str, Any]]:
     return _rows(conn, queries.REDISPATCH_ORPHANS, **core.route.params())
 
 
+def purge_idempotency_keys(core: Core, conn: Connection, batch: int = 10_000) -> int:
+    """Delete idempotency keys past their time to live; how many went."""
+    from service.core.enqueue import IDEMPOTENCY_TTL
+
+    return int(_rows(conn, queries.PURGE_IDEMPOTENCY_KEYS, ttl=IDEMPOTENCY_TTL, batch=batch)[0]["purged"])
+
+
 def purge_finished(core: Core, conn: Connection, batch: int = 10_000) -> int:
     """Delete finished messages older than MESSAGE_QUEUE_RETENTION_PERIOD; how many went."""
     rows = _rows(conn, queries.PURGE_FINISHED, retention_s=core.settings.message_queue_retention_period, batch=batch)

@@ -30,6 +30,8 @@ class Enqueued:
     sequence: int
     scheduled_at: datetime
     status: str
+    #: The first answer given again for a repeated idempotency key: nothing new was stored.
+    replayed: bool = False
 
 
 @dataclass(frozen=True)

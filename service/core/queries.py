@@ -46,6 +46,14 @@ SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS
 
 # --- enqueue and the worker's transitions (sql/functions/30_dispatch.sql, 40_transitions.sql) --
 
+ENQUEUE_ONCE = """
+    SELECT * FROM wmq_enqueue_once(
+        %(key)s, %(hash)s, %(ttl)s,
+        %(zaap_id)s, %(instance_id)s, %(message_type)s, %(phone)s, %(payload)s,
+        %(delay_ms)s, %(typing_ms)s, %(jitter_ms)s, %(scheduled_for)s,
+        %(max_attempts)s, %(queue)s, %(actor)s)
+"""
+
 ENQUEUE = """
     SELECT * FROM wmq_enqueue(
         %(zaap_id)s, %(instance_id)s, %(message_type)s, %(phone)s, %(payload)s,
@@ -146,6 +154,8 @@ RESCUE = "SELECT * FROM wmq_rescue(%(ttl_s)s, %(resend)s, %(judge)s, %(queue)s, 
 REDISPATCH_ORPHANS = "SELECT * FROM wmq_redispatch_orphans(%(queue)s, %(actor)s)"
 
 PURGE_FINISHED = "SELECT wmq_purge_finished(%(retention_s)s, %(batch)s) AS purged"
+
+PURGE_IDEMPOTENCY_KEYS = "SELECT wmq_purge_idempotency_keys(%(ttl)s, %(batch)s) AS purged"
 
 # --- reads -----------------------------------------------------------------------------------
 

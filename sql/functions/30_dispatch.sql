@@ -207,3 +207,41 @@ BEGIN
              THEN 'available' ELSE 'scheduled' END;
 END
 $$;
+
+-- An enqueue under an idempotency key (issue 13): the first request with the key enqueues and
+-- keeps its answer; a later one with the same request (hash) gets that answer back and
+-- enqueues nothing; one with another request is refused (SQLSTATE WQ422). A concurrent
+-- request with the key waits on the first one's row (the primary key) and then replays it.
+-- Keys older than p_ttl count as unused.
+CREATE FUNCTION wmq_enqueue_once(
+    p_key text, p_hash text, p_ttl interval,
+    p_zaap text, p_instance uuid, p_type text, p_phone text, p_payload jsonb,
+    p_delay_ms bigint, p_typing_ms bigint, p_jitter_ms bigint, p_scheduled_for timestamptz,
+    p_max_attempts integer, p_queue text, p_actor text)
+RETURNS TABLE (zaap_id text, sequence bigint, scheduled_at timestamptz, status text, replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    k idempotency_keys;
+    e record;
+BEGIN
+    INSERT INTO idempotency_keys AS i (instance_id, key, request_hash, zaap_id, sequence, scheduled_at, status)
+    VALUES (p_instance, p_key, p_hash, p_zaap, 0, now(), 'pending')
+    ON CONFLICT (instance_id, key) DO UPDATE
+        SET request_hash = EXCLUDED.request_hash, zaap_id = EXCLUDED.zaap_id, created_at = now()
+        WHERE i.created_at < now() - p_ttl
+    RETURNING * INTO k;
+    IF k.instance_id IS NULL THEN  -- used, and still valid: the first answer, or a refusal
+        SELECT * INTO k FROM idempotency_keys i WHERE i.instance_id = p_instance AND i.key = p_key;
+        IF k.request_hash <> p_hash THEN
+            RAISE EXCEPTION 'idempotency key % was used with another request', p_key USING ERRCODE = 'WQ422';
+        END IF;
+        RETURN QUERY SELECT k.zaap_id, k.sequence, k.scheduled_at, k.status, true;
+        RETURN;
+    END IF;
+    SELECT * INTO e FROM wmq_enqueue(p_zaap, p_instance, p_type, p_phone, p_payload, p_delay_ms, p_typing_ms,
+                                     p_jitter_ms, p_scheduled_for, p_max_attempts, p_queue, p_actor);
+    UPDATE idempotency_keys i SET sequence = e.sequence, scheduled_at = e.scheduled_at, status = e.status
+     WHERE i.instance_id = p_instance AND i.key = p_key;
+    RETURN QUERY SELECT p_zaap, e.sequence, e.scheduled_at, e.status, false;
+END
+$$;

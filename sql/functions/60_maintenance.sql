@@ -153,3 +153,22 @@ BEGIN
     RETURN v_count;
 END
 $$;
+
+-- Idempotency keys past their time to live (24 h), in batches: their answers are no longer
+-- given back, so a send with an old key enqueues anew.
+CREATE FUNCTION wmq_purge_idempotency_keys(p_ttl interval, p_batch integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    DELETE FROM idempotency_keys
+     WHERE (instance_id, key) IN (
+        SELECT instance_id, key FROM idempotency_keys
+         WHERE created_at < now() - p_ttl
+         ORDER BY created_at
+         LIMIT p_batch);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;

@@ -1,5 +1,5 @@
 """Delete finished messages (completed, cancelled, discarded) and their history once they are
-older than `MESSAGE_QUEUE_RETENTION_PERIOD`, in batches."""
+older than `MESSAGE_QUEUE_RETENTION_PERIOD`, and idempotency keys older than a day, in batches."""
 
 from __future__ import annotations
 
@@ -18,4 +18,7 @@ def run(core: Core, conn: psycopg.Connection[Any]) -> int:
     purged = maintenance.purge_finished(core, conn)
     if purged:
         logger.info("finished messages purged", extra={"count": purged})
+    keys = maintenance.purge_idempotency_keys(core, conn)
+    if keys:
+        logger.info("expired idempotency keys purged", extra={"count": keys})
     return purged

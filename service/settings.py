@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     whatsapp_command_timeout: Duration = 20.0
     #: How long one pairing attempt may last (WhatsApp's QR window is about 160 s).
     whatsapp_pairing_timeout: Duration = 170.0
+    #: Threads (and database connections) per worker for posting webhooks, apart from sending.
+    webhook_threads: int = 4
+    #: How long a webhook receiver may take to answer one delivery.
+    webhook_timeout: Duration = 10.0
+    #: How long a delivery is retried (exponential backoff, 1 s doubling to 5 min) before it is
+    #: given up and the instance's next one goes.
+    webhook_retry_for: Duration = 3600.0
     #: Show each connected account as online, which "typing…" needs; the phone then gets no
     #: notifications while its session is connected.
     whatsapp_announce_available: bool = True
@@ -110,6 +117,8 @@ class Settings(BaseSettings):
             )
         if self.message_queue_worker_threads < 1:
             raise ValueError("MESSAGE_QUEUE_WORKER_THREADS must be at least 1")
+        if not 1 <= self.webhook_threads <= 64:
+            raise ValueError("WEBHOOK_THREADS must be from 1 to 64")
         if self.message_queue_max_job_attempts < 1:
             raise ValueError("MESSAGE_QUEUE_MAX_JOB_ATTEMPTS must be at least 1")
         if self.message_queue_min_jitter > self.message_queue_max_jitter:

@@ -27,6 +27,7 @@ from workers.maintenance import MaintenanceLoop, Task, core_tasks
 from workers.ordering import OrderingMiddleware
 from workers.transports import TRANSPORTS, RoutingTransport, Wiring
 from workers.waker import DueTimeWaker
+from workers.webhooks import WebhookPoster
 
 logger = logging.getLogger("wmq.worker")
 
@@ -67,6 +68,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
     ]
     maintenance = MaintenanceLoop(pool, tasks, settings.message_queue_maintenance_interval)
     waker = DueTimeWaker(database_url, [q.name for q in queues]) if settings.message_queue_due_wakeup else None
+    poster = WebhookPoster(core, database_url, threads=settings.webhook_threads, timeout=settings.webhook_timeout,
+                           retry_for=settings.webhook_retry_for)
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
     # Claim no more than we can run: messages claimed ahead by a worker that dies wait out the
@@ -86,6 +89,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     heartbeat.start()
     worker.start()
     maintenance.start()
+    poster.start()
     if waker is not None:
         waker.start()
     logger.info("worker started", extra={
@@ -96,6 +100,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # last send finishes (consumers keep heartbeating meanwhile).
     broker.stop_claiming()
     maintenance.stop()
+    poster.stop()
     if waker is not None:
         waker.stop()
     # Stops taking messages, lets every message in progress finish and record, puts the

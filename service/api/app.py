@@ -15,6 +15,7 @@ from service.api.auth import InstanceCache
 from service.api.errors import HANDLERS
 from service.core.context import Core
 from service.core.message_types import TYPES
+from service.core.webhooks import EVENTS as WEBHOOK_EVENTS
 from service.db import make_async_pool, make_pool
 from service.settings import Settings
 
@@ -49,11 +50,18 @@ def routes(settings: Settings) -> list[Route]:
         Route(f"{INSTANCE}/phone-code/{{phone}}", e.phone_code, methods=["GET"]),
         Route(f"{INSTANCE}/disconnect", e.disconnect_instance, methods=["POST"]),
         Route(f"{INSTANCE}/restart", e.restart_instance, methods=["POST"]),
+        # Webhooks, Z-API's routes: one per event, and all four at once.
+        *(Route(f"{INSTANCE}/update-webhook-{event}", e.update_webhook((event,)), methods=["PUT"])
+          for event in WEBHOOK_EVENTS),
+        Route(f"{INSTANCE}/update-every-webhooks", e.update_webhook(tuple(WEBHOOK_EVENTS)), methods=["PUT"]),
+        Route(f"{INSTANCE}/webhooks", e.webhook_settings, methods=["GET"]),
+        Route(f"{INSTANCE}/webhook-deliveries", e.webhook_deliveries, methods=["GET"]),
     ]
     if settings.whatsapp_transport == "simulator":  # the simulator's own knobs, for tests and demos
         table += [
             Route("/simulator/instances/{instance}", e.simulator_configure, methods=["POST"]),
             Route("/simulator/instances/{instance}/events", e.simulator_events, methods=["GET"]),
+            Route("/simulator/instances/{instance}/receipts", e.simulator_receipt, methods=["POST"]),
         ]
     return table
 

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from service.api import schemas
 from service.api.auth import authenticated, instance_id_from, require_admin
 from service.api.schemas import ValidationError
-from service.core import control, enqueue, instances, reads, sessions
+from service.core import control, enqueue, instances, reads, sessions, webhooks
 from service.core.context import Core
 from service.core.message_types import MessageType
 from service.core.models import Instance, QueuedMessage
@@ -381,3 +381,59 @@ async def disconnect_instance(request: Request) -> Response:
 async def restart_instance(request: Request) -> Response:
     """Reconnect the instance's WhatsApp session; the simulator comes back online."""
     return await _session_action(request, "restart", connected=True)
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+def update_webhook(events: tuple[str, ...]) -> Callable[[Request], Any]:
+    """Z-API's `PUT …/update-webhook-<event>` (`update-every-webhooks`: all four): `{"value": url}`;
+    an empty value or null removes it."""
+
+    async def endpoint(request: Request) -> Response:
+        instance = await authenticated(request)
+        value = schemas.parse_json_object(await request.body()).get("value")
+        url = None if value in (None, "") else schemas.url({"value": value}, "value")
+        await call(webhooks.configure, core(request), instance.id, dict.fromkeys(events, url))
+        return JSONResponse({"value": True})
+
+    endpoint.__name__ = "update_webhooks_" + "_".join(e.replace("-", "_") for e in events)
+    return endpoint
+
+
+async def webhook_settings(request: Request) -> Response:
+    """The instance's webhook URLs and the secret deliveries are signed with."""
+    instance = await authenticated(request)
+    row = await call(webhooks.settings, core(request), instance.id) or {}
+    return JSONResponse({"delivery": row.get("delivery_url"), "messageStatus": row.get("message_status_url"),
+                         "connected": row.get("connected_url"), "disconnected": row.get("disconnected_url"),
+                         "secret": row.get("secret")})
+
+
+async def webhook_deliveries(request: Request) -> Response:
+    """The instance's latest deliveries, newest first: attempts, last answer, outcome."""
+    instance = await authenticated(request)
+    limit, _ = schemas.page(request.query_params)
+    rows = await call(webhooks.deliveries, core(request), instance.id, limit)
+    return JSONResponse([{
+        "id": r["id"], "event": r["event"], "url": r["url"], "body": r["body"], "createdAt": iso(r["created_at"]),
+        "attempts": r["attempts"], "nextAttemptAt": iso(r["next_attempt_at"]),
+        "lastAttemptAt": iso(r["last_attempt_at"]), "lastStatus": r["last_status"], "lastError": r["last_error"],
+        "deliveredAt": iso(r["delivered_at"]), "givenUpAt": iso(r["given_up_at"]),
+        "status": "delivered" if r["delivered_at"] else "given up" if r["given_up_at"] else "pending",
+    } for r in rows])
+
+
+async def simulator_receipt(request: Request) -> Response:
+    """What a phone's receipt does, for a simulated instance: `{messageId, status}` with status
+    RECEIVED, READ or PLAYED (the message's WhatsApp id, as its send returned it)."""
+    require_admin(request)
+    instance_id = instance_id_from(request)
+    data = schemas.parse_json_object(await request.body())
+    kinds = {"RECEIVED": "delivered", "READ": "read", "PLAYED": "played"}
+    if data.get("status") not in kinds:
+        raise ValidationError("status", "status must be RECEIVED, READ or PLAYED")
+    message_id = schemas.non_empty_text(data, "messageId", max_length=200)
+    await call(instances.get, core(request), instance_id)
+    moved = await call(sessions.record_receipt, core(request), instance_id, [message_id], kinds[data["status"]])
+    return JSONResponse({"value": True, "moved": moved})

@@ -32,8 +32,9 @@ def create(core: Core, *, name: str = "", client_token: str | None = None, trans
             min_send_interval_ms=round(min_send_interval(core.settings) * 1000),
         )
     except psycopg.errors.ForeignKeyViolation:
-        raise UnknownTransport(f"unknown transport {transport!r}") from None
-    assert row is not None
+        row = None
+    if row is None:  # no such row in `transports`
+        raise UnknownTransport(f"unknown transport {transport!r}")
     instance = Instance.from_row(row)
     logger.info("instance added", extra={"instance_id": str(instance.id)})
     return instance

@@ -24,8 +24,10 @@ MESSAGE_COLUMNS = """
 
 INSERT_INSTANCE = """
     WITH inserted AS (
-        INSERT INTO instances (id, token, client_token, name, transport, min_send_interval_ms)
-        VALUES (%(id)s, %(token)s, %(client_token)s, %(name)s, %(transport)s, %(min_send_interval_ms)s)
+        INSERT INTO instances (id, token, client_token, name, transport, min_send_interval_ms, connection_state)
+        SELECT %(id)s, %(token)s, %(client_token)s, %(name)s, t.name, %(min_send_interval_ms)s,
+               t.initial_connection_state
+          FROM transports t WHERE t.name = %(transport)s
         RETURNING *
     ), queue AS (
         INSERT INTO instance_queues (instance_id) SELECT id FROM inserted
@@ -192,3 +194,52 @@ MESSAGE_EVENTS = """
       FROM message_events WHERE zaap_id = %(zaap_id)s ORDER BY id
 """
 
+
+# --- webhooks (sql/functions/70_webhooks.sql; service/core/webhooks.py) ------------------------
+
+WEBHOOK_SETTINGS = "SELECT * FROM instance_webhooks WHERE instance_id = %(instance_id)s"
+
+SET_WEBHOOKS = """
+    INSERT INTO instance_webhooks AS w (instance_id, delivery_url, message_status_url, connected_url,
+                                        disconnected_url, secret)
+    VALUES (%(instance_id)s, %(delivery_url)s, %(message_status_url)s, %(connected_url)s,
+            %(disconnected_url)s, %(secret)s)
+    ON CONFLICT (instance_id) DO UPDATE SET
+        delivery_url = CASE WHEN %(set_delivery)s THEN EXCLUDED.delivery_url ELSE w.delivery_url END,
+        message_status_url = CASE WHEN %(set_message_status)s THEN EXCLUDED.message_status_url
+                                  ELSE w.message_status_url END,
+        connected_url = CASE WHEN %(set_connected)s THEN EXCLUDED.connected_url ELSE w.connected_url END,
+        disconnected_url = CASE WHEN %(set_disconnected)s THEN EXCLUDED.disconnected_url
+                                ELSE w.disconnected_url END,
+        updated_at = now()
+    RETURNING *
+"""
+
+WEBHOOK_DELIVERIES = """
+    SELECT id, event, url, body, created_at, attempts, next_attempt_at, last_attempt_at, last_status,
+           last_error, delivered_at, given_up_at
+      FROM webhook_deliveries WHERE instance_id = %(instance_id)s ORDER BY id DESC LIMIT %(limit)s
+"""
+
+DUE_WEBHOOK_INSTANCES = """
+    SELECT DISTINCT instance_id FROM webhook_deliveries
+     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= now()
+     LIMIT %(limit)s
+"""
+
+WEBHOOK_HEAD = "SELECT * FROM wmq_webhook_head(%(instance_id)s)"
+
+WEBHOOK_DELIVERED = """
+    UPDATE webhook_deliveries
+       SET delivered_at = now(), attempts = attempts + 1, last_attempt_at = now(), last_status = %(status)s,
+           last_error = NULL
+     WHERE id = %(id)s
+"""
+
+WEBHOOK_FAILED = """
+    UPDATE webhook_deliveries
+       SET attempts = attempts + 1, last_attempt_at = now(), last_status = %(status)s, last_error = %(error)s,
+           next_attempt_at = now() + make_interval(secs => %(backoff_s)s),
+           given_up_at = CASE WHEN %(give_up)s THEN now() END
+     WHERE id = %(id)s
+"""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -46,6 +46,15 @@ def ask(core: Core, instance_id: UUID, command: str, args: dict[str, Any] | None
         time.sleep(0.1)
     core.one(queries.CANCEL_COMMAND, id=row["id"])
     raise SessionCommandFailed("no worker holding this WhatsApp session answered in time")
+
+
+def record_receipt(core: Core, instance_id: UUID, message_ids: list[str], kind: str,
+                   at: datetime | None = None) -> int:
+    """WhatsApp's receipt (`delivered`, `read`, `played`) for messages the instance sent; how many
+    messages moved (each keeps the first of each kind)."""
+    row = core.one(queries.RECORD_RECEIPT, instance_id=instance_id, ids=message_ids, kind=kind,
+                   at=at or datetime.now(UTC))
+    return int(row["moved"]) if row else 0
 
 
 def request_qr(core: Core, instance_id: UUID) -> dict[str, Any]:
@@ -120,8 +129,7 @@ class SessionHost:
 
     def receipt(self, instance_id: UUID, message_ids: list[str], kind: str, at: datetime) -> int:
         """WhatsApp's receipt for messages this instance sent: `delivered`, `read` or `played`."""
-        row = self.core.one(queries.RECORD_RECEIPT, instance_id=instance_id, ids=message_ids, kind=kind, at=at)
-        return int(row["moved"]) if row else 0
+        return record_receipt(self.core, instance_id, message_ids, kind, at)
 
     def run_commands(self, instance_ids: list[UUID], execute: Execute) -> None:
         """Run the pending commands for these instances, recording each result or error."""

@@ -1,0 +1,119 @@
+-- Webhook deliveries: a row per event, written by the change it reports, in its transaction
+-- (none lost, none for a change rolled back). Bodies are Z-API's callbacks. Posting is the
+-- workers' (workers/webhooks.py); NOTIFY wakes them at once.
+
+-- Queue one event for the instance's URL of that kind, if it has one.
+CREATE FUNCTION wmq_webhook(p_instance uuid, p_event text, p_body jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_url text;
+BEGIN
+    SELECT CASE p_event WHEN 'delivery' THEN w.delivery_url
+                        WHEN 'message-status' THEN w.message_status_url
+                        WHEN 'connected' THEN w.connected_url
+                        WHEN 'disconnected' THEN w.disconnected_url END
+      INTO v_url FROM instance_webhooks w WHERE w.instance_id = p_instance;
+    IF v_url IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO webhook_deliveries (instance_id, event, url, body)
+    VALUES (p_instance, p_event, v_url,
+            p_body || jsonb_build_object('instanceId', p_instance,
+                                         'momment', (extract(epoch FROM now()) * 1000)::bigint));
+    PERFORM pg_notify('wmq_webhooks', p_instance::text);
+END
+$$;
+
+-- After a send: Z-API's DeliveryCallback (also for a discard, with its reason) and a
+-- MessageStatusCallback SENT. A cancelled message reports nothing.
+CREATE FUNCTION wmq_message_webhooks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'completed' THEN
+        PERFORM wmq_webhook(NEW.instance_id, 'delivery', jsonb_build_object(
+            'type', 'DeliveryCallback', 'phone', NEW.phone, 'zaapId', NEW.zaap_id,
+            'messageId', NEW.whatsapp_message_id));
+        PERFORM wmq_webhook(NEW.instance_id, 'message-status', jsonb_build_object(
+            'type', 'MessageStatusCallback', 'status', 'SENT', 'ids', jsonb_build_array(NEW.whatsapp_message_id),
+            'phone', NEW.phone, 'zaapId', NEW.zaap_id, 'isGroup', NEW.phone LIKE '%-group' OR NEW.phone LIKE '%@g.us'));
+    ELSIF NEW.status = 'discarded' THEN
+        PERFORM wmq_webhook(NEW.instance_id, 'delivery', jsonb_build_object(
+            'type', 'DeliveryCallback', 'phone', NEW.phone, 'zaapId', NEW.zaap_id, 'messageId', NULL,
+            'error', COALESCE(NEW.last_error, 'discarded')));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER messages_status_webhooks AFTER UPDATE OF status ON messages
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status AND NEW.status IN ('completed', 'discarded'))
+    EXECUTE FUNCTION wmq_message_webhooks();
+
+-- Receipts from the phone: MessageStatusCallback RECEIVED, READ or PLAYED, once per message and
+-- kind (the receipt columns move from NULL).
+CREATE FUNCTION wmq_receipt_webhooks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.delivered_at IS NOT NULL AND OLD.delivered_at IS NULL THEN
+        PERFORM wmq_webhook(NEW.instance_id, 'message-status', jsonb_build_object(
+            'type', 'MessageStatusCallback', 'status', 'RECEIVED', 'ids', jsonb_build_array(NEW.whatsapp_message_id),
+            'phone', NEW.phone, 'zaapId', NEW.zaap_id, 'isGroup', false));
+    END IF;
+    IF NEW.read_at IS NOT NULL AND OLD.read_at IS NULL THEN
+        PERFORM wmq_webhook(NEW.instance_id, 'message-status', jsonb_build_object(
+            'type', 'MessageStatusCallback', 'status', 'READ', 'ids', jsonb_build_array(NEW.whatsapp_message_id),
+            'phone', NEW.phone, 'zaapId', NEW.zaap_id, 'isGroup', false));
+    END IF;
+    IF NEW.played_at IS NOT NULL AND OLD.played_at IS NULL THEN
+        PERFORM wmq_webhook(NEW.instance_id, 'message-status', jsonb_build_object(
+            'type', 'MessageStatusCallback', 'status', 'PLAYED', 'ids', jsonb_build_array(NEW.whatsapp_message_id),
+            'phone', NEW.phone, 'zaapId', NEW.zaap_id, 'isGroup', false));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER messages_status_receipt_webhooks AFTER UPDATE OF delivered_at, read_at, played_at ON messages
+    FOR EACH ROW EXECUTE FUNCTION wmq_receipt_webhooks();
+
+-- Connection changes: ConnectedCallback when an instance comes online, DisconnectedCallback
+-- (with the reason) when it leaves `connected`.
+CREATE FUNCTION wmq_connection_webhooks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.connection_state = 'connected' AND OLD.connection_state IS DISTINCT FROM 'connected' THEN
+        PERFORM wmq_webhook(NEW.id, 'connected', jsonb_build_object(
+            'type', 'ConnectedCallback', 'connected', true, 'phone', NEW.whatsapp_jid));
+    ELSIF OLD.connection_state = 'connected' AND NEW.connection_state IS DISTINCT FROM 'connected' THEN
+        PERFORM wmq_webhook(NEW.id, 'disconnected', jsonb_build_object(
+            'type', 'DisconnectedCallback', 'disconnected', true, 'error', NEW.connection_detail));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER wmq_instance_connection_webhooks AFTER UPDATE OF connection_state ON instances
+    FOR EACH ROW EXECUTE FUNCTION wmq_connection_webhooks();
+
+-- The poster's step for one instance: the oldest pending delivery, locked, if it is due and no
+-- other poster holds the instance (the instance's settings row is the lock: deliveries of one
+-- instance go out one at a time, in order).
+CREATE FUNCTION wmq_webhook_head(p_instance uuid)
+RETURNS TABLE (id bigint, url text, body jsonb, attempts integer, created_at timestamptz, secret text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_secret text;
+BEGIN
+    SELECT w.secret INTO v_secret FROM instance_webhooks w WHERE w.instance_id = p_instance
+       FOR UPDATE SKIP LOCKED;
+    IF v_secret IS NULL THEN
+        RETURN;  -- another poster has it (or the instance is gone)
+    END IF;
+    RETURN QUERY
+        SELECT d.id, d.url, d.body, d.attempts, d.created_at, v_secret FROM webhook_deliveries d
+         WHERE d.instance_id = p_instance AND d.delivered_at IS NULL AND d.given_up_at IS NULL
+           AND d.next_attempt_at <= now()
+           AND d.id = (SELECT min(p.id) FROM webhook_deliveries p WHERE p.instance_id = p_instance
+                         AND p.delivered_at IS NULL AND p.given_up_at IS NULL);
+END
+$$;

@@ -1,0 +1,157 @@
+"""Webhooks, Z-API's way, against a real local HTTP receiver: signed, in order per instance,
+retried until the receiver takes them, never in the way of sending."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.stack import ADMIN_TOKEN, Stack, wait_until
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class Receiver:
+    """A webhook receiver on a local port: records every request; `fail` answers 500 that many
+    times first; `delay` makes every answer slow."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail = 0
+        self.delay = 0.0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "raw": body,
+                                          "body": json.loads(body), "at": time.monotonic()})
+                time.sleep(receiver.delay)
+                failing = receiver.fail > 0
+                receiver.fail -= failing
+                self.send_response(500 if failing else 200)
+                self.end_headers()
+                self.wfile.write(b"busy" if failing else b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, path: str | None = None) -> list[dict[str, Any]]:
+        return [r["body"] for r in self.requests if path is None or r["path"] == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    served = Receiver()
+    yield served
+    served.server.shutdown()
+
+
+def configure(stack: Stack, instance: dict[str, Any], route: str, url: str) -> None:
+    response = stack.http.put(f"{stack.base(instance)}/{route}", json={"value": url})
+    assert response.status_code == 200 and response.json() == {"value": True}, response.text
+
+
+def verify(secret: str, request: dict[str, Any]) -> bool:
+    """What a receiver does with X-WMQ-Signature (README)."""
+    fields = dict(part.split("=", 1) for part in request["headers"]["X-WMQ-Signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + request["raw"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"])
+
+
+def test_every_event_is_posted_signed_and_in_order(stack: Stack, receiver: Receiver) -> None:
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    configure(stack, instance, "update-every-webhooks", f"{receiver.url}/all")
+    configure(stack, instance, "update-webhook-message-status", f"{receiver.url}/status")
+    settings = stack.http.get(f"{base}/webhooks").json()
+    assert settings["delivery"] == f"{receiver.url}/all" and settings["messageStatus"] == f"{receiver.url}/status"
+    secret = settings["secret"]
+    assert len(secret) == 64
+
+    sent = stack.send_text(instance, "delivered")["zaapId"]
+    stack.wait_completed([sent], timeout=30)
+    stack.simulate(instance, failNext=1, failMode="permanent")
+    refused = stack.send_text(instance, "discarded")["zaapId"]
+    wait_until(lambda: stack.job(refused)["status"] == "discarded", 30, "the discard")
+    cancelled = stack.send_text(instance, "never", delayMessage=3600)["zaapId"]
+    assert stack.http.delete(f"{base}/queue/{cancelled}").status_code == 200
+    whatsapp_id = stack.job(sent)["whatsapp_message_id"]
+    read = stack.http.post(f"/simulator/instances/{instance['id']}/receipts", headers=ADMIN,
+                           json={"messageId": whatsapp_id, "status": "READ"})
+    assert read.json() == {"value": True, "moved": 1}
+    assert stack.http.post(f"{base}/disconnect").status_code == 200
+    assert stack.http.post(f"{base}/restart").status_code == 200
+
+    wait_until(lambda: len(receiver.requests) >= 7, 30, "seven deliveries")
+    time.sleep(0.5)  # nothing more may come (a cancelled send reports nothing)
+    events = [(r["path"], r["body"]["type"], r["body"].get("status") or r["body"].get("zaapId")) for r in
+              receiver.requests]
+    assert events == [
+        ("/all", "DeliveryCallback", sent), ("/status", "MessageStatusCallback", "SENT"),
+        ("/all", "DeliveryCallback", refused), ("/status", "MessageStatusCallback", "RECEIVED"),
+        ("/status", "MessageStatusCallback", "READ"), ("/all", "DisconnectedCallback", None),
+        ("/all", "ConnectedCallback", None),
+    ], events
+    delivered, discarded = receiver.bodies("/all")[:2]
+    assert delivered["messageId"] == whatsapp_id and delivered["phone"] == "5511999999999"
+    assert delivered["instanceId"] == instance["id"] and delivered["momment"] > 1_700_000_000_000
+    assert "error" not in delivered and "simulated permanent failure" in discarded["error"]
+    assert receiver.bodies("/status")[2]["ids"] == [whatsapp_id]
+    assert all(verify(secret, r) for r in receiver.requests)
+    assert not verify("another secret", receiver.requests[0])
+    ids = [int(r["headers"]["X-WMQ-Delivery"]) for r in receiver.requests]
+    assert ids == sorted(ids)
+
+    listed = stack.http.get(f"{base}/webhook-deliveries").json()
+    assert [d["status"] for d in listed] == ["delivered"] * 7 and all(d["attempts"] == 1 for d in listed)
+
+
+def test_a_failing_receiver_gets_each_event_in_order_on_a_later_try(stack: Stack, receiver: Receiver) -> None:
+    instance = stack.create_instance()
+    configure(stack, instance, "update-webhook-delivery", receiver.url)
+    receiver.fail = 2
+    first, second = (stack.send_text(instance, text)["zaapId"] for text in ("one", "two"))
+    stack.wait_completed([first, second], timeout=30)
+    wait_until(lambda: len(receiver.requests) >= 4, 30, "two failures, then both events")
+    assert [r["body"]["zaapId"] for r in receiver.requests] == [first, first, first, second], \
+        "the second event waits for the first"
+    tries = [r["at"] for r in receiver.requests]
+    assert tries[2] - tries[1] >= tries[1] - tries[0] >= 0.9, "backoff between tries"
+    listed = stack.http.get(f"{stack.base(instance)}/webhook-deliveries").json()
+    assert [(d["body"]["zaapId"], d["attempts"], d["lastStatus"], d["status"]) for d in listed] == [
+        (second, 1, 200, "delivered"), (first, 3, 200, "delivered")]
+
+
+def test_a_slow_receiver_never_slows_sending(stack: Stack, receiver: Receiver) -> None:
+    instance = stack.create_instance()
+    configure(stack, instance, "update-webhook-delivery", receiver.url)
+    receiver.delay = 2.0
+    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(6)]
+    stack.wait_completed(ids, timeout=30)
+    # Every send was done while the receiver was still on its first or second delivery.
+    assert len(receiver.requests) <= 2, len(receiver.requests)
+    wait_until(lambda: len(receiver.requests) == 6, 60, "every delivery, eventually")
+    assert [r["body"]["zaapId"] for r in receiver.requests] == ids
+
+
+def test_webhook_urls_are_checked(stack: Stack) -> None:
+    instance = stack.create_instance()
+    for value in ("ftp://example.com/hook", "not a url", 42):
+        response = stack.http.put(f"{stack.base(instance)}/update-webhook-delivery", json={"value": value})
+        assert (response.status_code, response.json()["field"]) == (400, "value"), value
+    configure(stack, instance, "update-webhook-delivery", "https://example.com/hook")
+    assert stack.http.put(f"{stack.base(instance)}/update-webhook-delivery", json={"value": ""}).status_code == 200
+    assert stack.http.get(f"{stack.base(instance)}/webhooks").json()["delivery"] is None

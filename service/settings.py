@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     whatsapp_command_timeout: Duration = 20.0
     #: How long one pairing attempt may last (WhatsApp's QR window is about 160 s).
     whatsapp_pairing_timeout: Duration = 170.0
+    #: Default cap on the messages one instance accepts per minute (429 with Retry-After beyond
+    #: it); unset: no cap. An instance may have its own (`maxMessagesPerMinute` at creation).
+    message_queue_max_per_minute: int | None = None
+    #: The largest request body the API reads (inline media included); larger ones get a 413.
+    api_max_body_bytes: int = 20 * 1024 * 1024
     #: Threads (and database connections) per worker for posting webhooks, apart from sending.
     webhook_threads: int = 4
     #: How long a webhook receiver may take to answer one delivery.

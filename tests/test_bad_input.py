@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -64,15 +67,20 @@ def test_wrong_instance_or_credentials_are_refused_and_store_nothing(stack: Stac
     body = b'{"phone": "5511999999999", "message": "hi"}'
     before = stack.counts()
     cases = [
-        (f"/instances/{uuid.uuid4()}/token/{instance['token']}/send-text", {}, 404, "instance"),
-        (f"/instances/not-a-uuid/token/{instance['token']}/send-text", {}, 404, "instance"),
+        # An unknown instance, a malformed id, a wrong token, another instance's token: alike.
+        (f"/instances/{uuid.uuid4()}/token/{instance['token']}/send-text", {}, 401, "token"),
+        (f"/instances/not-a-uuid/token/{instance['token']}/send-text", {}, 401, "token"),
         (f"/instances/{instance['id']}/token/wrong-token/send-text", {}, 401, "token"),
+        (f"/instances/{guarded['id']}/token/{instance['token']}/send-text", {}, 401, "token"),
         (f"{stack.base(guarded)}/send-text", {}, 401, "Client-Token"),
         (f"{stack.base(guarded)}/send-text", {"Client-Token": "wrong"}, 401, "Client-Token"),
     ]
+    answers = []
     for path, headers, status, field in cases:
         code, answer = send(stack, path, content=body, headers=headers)
         assert (code, answer.get("field")) == (status, field), (path, answer)
+        answers.append(answer)
+    assert answers[0] == answers[1] == answers[2] == answers[3], "no answer tells which instances exist"
     assert stack.counts() == before
 
     code, _ = send(stack, f"{stack.base(guarded)}/send-text", content=body,
@@ -185,3 +193,24 @@ def test_delays_chaining_beyond_a_century_are_refused(stack: Stack) -> None:
                                json={"phone": "5511999999999", "message": "too far", "delayMessage": decade})
     assert (response.status_code, response.json()["field"]) == (400, "delayMessage")
     assert stack.counts() == before
+
+
+def test_a_body_over_the_limit_is_refused_whole_or_streamed(make_stack: Any) -> None:
+    stack: Stack = make_stack(workers=0, API_MAX_BODY_BYTES="1000")
+    instance = stack.create_instance()
+    before = stack.counts()
+    big = json.dumps({"phone": "5511999999999", "message": "x" * 2000}).encode()
+    declared = stack.http.post(f"{stack.base(instance)}/send-text", content=big,
+                               headers={"Content-Type": "application/json"})
+    assert (declared.status_code, declared.json()["field"]) == (413, "body"), declared.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for n in range(0, len(big), 100):
+            yield big[n:n + 100]
+
+    streamed = stack.http.post(f"{stack.base(instance)}/send-text", content=chunks(),
+                               headers={"Content-Type": "application/json"})
+    assert (streamed.status_code, streamed.json()["field"]) == (413, "body"), streamed.text
+    assert stack.counts() == before
+    small = stack.http.post(f"{stack.base(instance)}/send-text", json={"phone": "5511999999999", "message": "ok"})
+    assert small.status_code == 200

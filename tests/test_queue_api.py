@@ -97,13 +97,21 @@ def test_removed_instance_takes_its_queue_with_it(stack: Stack) -> None:
     stack.send_text(instance, "never sent", delayMessage=3600)
     kept = stack.send_text(other, "kept", delayMessage=3600)["zaapId"]
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    assert stack.http.delete(f"/instances/{instance['id']}", headers=admin).status_code == 204
+    refused = stack.http.delete(f"/instances/{instance['id']}", headers=admin)
+    assert (refused.status_code, refused.json()["field"]) == (409, "force") and "1 message" in refused.json()["error"]
+    assert stack.statuses([kept]) == {kept: "scheduled"} and len(stack.all("SELECT 1 FROM dramatiq.queue")) == 2
+    maybe = stack.http.delete(f"/instances/{instance['id']}", params={"force": "maybe"}, headers=admin)
+    assert (maybe.status_code, maybe.json()["field"]) == (400, "force")
+    removed = stack.http.delete(f"/instances/{instance['id']}", params={"force": "true"}, headers=admin)
+    assert removed.json() == {"removed": True, "cancelled": 1}
     assert stack.http.delete(f"/instances/{instance['id']}", headers=admin).status_code == 404
+    empty = stack.create_instance()
+    assert stack.http.delete(f"/instances/{empty['id']}", headers=admin).json() == {"removed": True, "cancelled": 0}
     assert stack.one("SELECT count(*) AS n FROM messages WHERE instance_id = %s", (instance["id"],))["n"] == 0
     assert stack.one("SELECT count(*) AS n FROM dramatiq.queue")["n"] == 1, "only the other instance's dispatch"
     assert stack.statuses([kept]) == {kept: "scheduled"}
     response = stack.http.post(f"{stack.base(instance)}/send-text", json={"phone": "5511999999999", "message": "x"})
-    assert response.status_code == 404
+    assert response.status_code == 401, "a removed instance is an unknown one"
     listed = stack.http.get("/instances", headers=admin).json()
     assert [i["id"] for i in listed] == [other["id"]]
 
@@ -127,3 +135,54 @@ def test_paused_head_is_not_shown_available_and_status_filter_uses_shown_status(
     assert stack.http.get(f"{base}/queue", params={"status": "available"}).json()["total"] == 0
     stack.http.post(f"{base}/resume")
     stack.wait_completed([head], timeout=30)
+
+
+def test_z_api_queue_paging_count_status_and_token_rotation(stack: Stack) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    ids = [stack.send_text(instance, f"m{n}", delayMessage=3600)["zaapId"] for n in range(5)]
+    second = stack.http.get(f"{base}/queue", params={"page": 2, "pageSize": 2}).json()
+    assert [m["zaapId"] for m in second["messages"]] == ids[2:4]
+    assert (second["page"], second["pageSize"], second["total"]) == (2, 2, 5)
+    assert stack.http.get(f"{base}/queue", params={"pageSize": 0}).json()["field"] == "pageSize"
+    assert stack.http.get(f"{base}/queue", params={"page": "x"}).json()["field"] == "page"
+    assert stack.http.get(f"{base}/queue/count").json() == {"count": 5}
+    assert stack.http.get(f"{base}/status").json()["queueDepth"] == 5
+    stack.http.delete(f"{base}/queue/{ids[0]}")
+    assert stack.http.get(f"{base}/queue/count").json() == {"count": 4}
+
+    rotated = stack.http.post(f"/instances/{instance['id']}/rotate-token", headers=admin).json()
+    assert rotated["token"] != instance["token"] and rotated["id"] == instance["id"]
+    assert stack.http.get(f"{base}/queue/count").status_code == 401, "the old token stops working"
+    assert stack.http.get(f"{stack.base(rotated)}/queue/count").json() == {"count": 4}
+    assert stack.http.post(f"/instances/{instance['id']}/rotate-token").status_code == 401
+
+
+def test_a_send_answer_says_whether_the_phone_is_online(stack: Stack) -> None:
+    online, offline = stack.create_instance(), stack.create_instance()
+    assert stack.send_text(online, "hi")["whatsAppStatus"] == {"connected": True, "reason": None}
+    assert stack.http.post(f"{stack.base(offline)}/disconnect").status_code == 200
+    answer = stack.send_text(offline, "waits")
+    assert answer["whatsAppStatus"] == {"connected": False, "reason": "simulator switch"}
+    assert answer["status"] in ("scheduled", "available")
+
+
+def test_an_instance_over_its_cap_per_minute_is_told_when_to_retry(stack: Stack) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    capped = stack.http.post("/instances", json={"maxMessagesPerMinute": 3}, headers=admin).json()
+    free = stack.create_instance()
+    for n in range(3):
+        stack.send_text(capped, f"m{n}", delayMessage=3600)
+    before = stack.counts()
+    over = stack.http.post(f"{stack.base(capped)}/send-text", json={"phone": "5511999999999", "message": "m3"})
+    assert (over.status_code, over.json()["field"]) == (429, "instance"), over.text
+    assert 1 <= int(over.headers["Retry-After"]) <= 60 and "at most 3 messages a minute" in over.json()["error"]
+    assert stack.counts() == before, "nothing stored for a refused send"
+    assert [stack.send_text(free, f"f{n}")["status"] for n in range(5)], "other instances are not capped"
+    # A minute later (the window moved back here), the instance accepts again, in sequence.
+    stack.all("UPDATE instance_queues SET rate_window_start = now() - interval '61 seconds' WHERE instance_id = %s"
+              " RETURNING instance_id", (capped["id"],))
+    assert stack.send_text(capped, "m4", delayMessage=3600)["sequence"] == 4
+    bad = stack.http.post("/instances", json={"maxMessagesPerMinute": 0}, headers=admin)
+    assert (bad.status_code, bad.json()["field"]) == (400, "maxMessagesPerMinute")

@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import endpoints as e
 from service.api.auth import InstanceCache
 from service.api.errors import HANDLERS
+from service.api.schemas import ValidationError
 from service.core.context import Core
 from service.core.message_types import TYPES
 from service.core.webhooks import EVENTS as WEBHOOK_EVENTS
@@ -35,11 +38,13 @@ def routes(settings: Settings) -> list[Route]:
         Route("/instances", e.create_instance, methods=["POST"]),
         Route("/instances", e.list_instances, methods=["GET"]),
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),
+        Route("/instances/{instance}/rotate-token", e.rotate_token, methods=["POST"]),
         # One send route per message type that has one (service/core/message_types.py).
         *(Route(f"{INSTANCE}/{t.route}", e.send_route(t), methods=["POST"]) for t in TYPES.values()),
         Route(f"{INSTANCE}/queue", e.list_queue, methods=["GET"]),
         Route(f"{INSTANCE}/queue", e.cancel_queue, methods=["DELETE"]),
         Route(f"{INSTANCE}/queue/stats", e.queue_stats, methods=["GET"]),
+        Route(f"{INSTANCE}/queue/count", e.queue_count, methods=["GET"]),
         Route(f"{INSTANCE}/queue/{{zaap_id}}", e.get_queue_message, methods=["GET"]),
         Route(f"{INSTANCE}/queue/{{zaap_id}}", e.cancel_queue_message, methods=["DELETE"]),
         Route(f"{INSTANCE}/pause", e.pause_instance, methods=["POST"]),
@@ -87,4 +92,36 @@ def create_app(settings: Settings, database_url: str, *, controls: dict[str, Any
             await async_pool.close()
             pool.close()
 
-    return Starlette(routes=routes(settings), lifespan=lifespan, exception_handlers=HANDLERS)
+    return Starlette(routes=routes(settings), lifespan=lifespan, exception_handlers=HANDLERS,
+                     middleware=[Middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)])
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with a 413 naming `body`, by their Content-Length
+    or, without one, as they arrive: a hostile client cannot make the API hold more."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        received = 0
+
+        def too_large() -> ValidationError:
+            return ValidationError("body", f"request body is larger than {self.max_bytes} bytes", status=413)
+
+        async def limited() -> Message:
+            nonlocal received
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                raise too_large()
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_large()
+            return message
+
+        await self.app(scope, limited, send)

@@ -12,9 +12,13 @@ from starlette.requests import Request
 from service.api.schemas import ValidationError
 from service.core import instances
 from service.core.context import Core
+from service.core.errors import InstanceNotFound
 from service.core.models import Instance
 
 CLIENT_TOKEN_HEADER = "Client-Token"
+#: The one answer to an unknown instance, a wrong token and another instance's token alike: no
+#: caller learns which instances exist.
+UNAUTHORIZED = "unknown instance or invalid token"
 
 
 def instance_id_from(request: Request) -> UUID:
@@ -34,7 +38,7 @@ def check_credentials(instance: Instance, token: str, client_token: bytes | None
     """`instance`, if `token` (from the path) and `client_token` (the header's bytes, when the
     instance has one) match; 401 if not."""
     if not _same(instance.token, token.encode("utf-8", "surrogateescape")):
-        raise ValidationError("token", "invalid token for this instance", status=401)
+        raise ValidationError("token", UNAUTHORIZED, status=401)
     if instance.client_token and not _same(instance.client_token, client_token or b""):
         raise ValidationError(CLIENT_TOKEN_HEADER, f"missing or invalid {CLIENT_TOKEN_HEADER} header", status=401)
     return instance
@@ -64,13 +68,20 @@ class InstanceCache:
 
 
 async def authenticated(request: Request, *, cached: bool = False) -> Instance:
-    """The instance named in the path, if its token (and Client-Token header) match."""
-    instance_id = instance_id_from(request)
+    """The instance named in the path, if its token (and Client-Token header) match; 401 alike
+    for an unknown instance and a wrong token."""
+    try:
+        instance_id = UUID(request.path_params["instance"])
+    except ValueError:
+        raise ValidationError("token", UNAUTHORIZED, status=401) from None
     cache: InstanceCache = request.app.state.instances
     instance = cache.get(instance_id) if cached else None
     if instance is None:
         core: Core = request.app.state.core
-        instance = await instances.get_async(core, instance_id)
+        try:
+            instance = await instances.get_async(core, instance_id)
+        except InstanceNotFound:
+            raise ValidationError("token", UNAUTHORIZED, status=401) from None
         cache.put(instance)
     return check_credentials(instance, request.path_params["token"], header_bytes(request, CLIENT_TOKEN_HEADER))
 

@@ -18,10 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api import schemas
-from service.api.auth import authenticated, instance_id_from, require_admin
+from service.api.auth import UNAUTHORIZED, authenticated, instance_id_from, require_admin
 from service.api.schemas import ValidationError
 from service.core import control, enqueue, instances, reads, sessions, webhooks
 from service.core.context import Core
+from service.core.errors import InstanceNotFound
 from service.core.message_types import MessageType
 from service.core.models import Instance, QueuedMessage
 from service.db import pending_migrations
@@ -125,8 +126,11 @@ async def create_instance(request: Request) -> Response:
     name = schemas.optional_text(data, "name") or ""
     client_token = schemas.optional_text(data, "clientToken")
     transport = schemas.optional_text(data, "transport")
+    cap = data.get("maxMessagesPerMinute")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 1_000_000):
+        raise ValidationError("maxMessagesPerMinute", "maxMessagesPerMinute must be an integer from 1 to 1000000")
     instance = await call(instances.create, core(request), name=name, client_token=client_token,
-                          transport=transport)
+                          transport=transport, max_per_minute=cap)
     return JSONResponse(instance_json(instance, with_token=True), status_code=201)
 
 
@@ -136,10 +140,23 @@ async def list_instances(request: Request) -> Response:
     return JSONResponse([instance_json(i) for i in found])
 
 
-async def delete_instance(request: Request) -> Response:
+async def rotate_token(request: Request) -> Response:
+    """A new token for the instance (admin); the old one stops working."""
     require_admin(request)
-    await call(instances.remove, core(request), instance_id_from(request))
-    return Response(status_code=204)
+    instance = await call(instances.rotate_token, core(request), instance_id_from(request))
+    request.app.state.instances.entries.pop(instance.id, None)
+    return JSONResponse(instance_json(instance, with_token=True))
+
+
+async def delete_instance(request: Request) -> Response:
+    """Remove an instance: refused (409) while it has messages to send, unless `?force=true`,
+    which drops them and says how many."""
+    require_admin(request)
+    force = request.query_params.get("force", "false")
+    if force not in ("true", "false"):
+        raise ValidationError("force", "force must be true or false")
+    dropped = await call(instances.remove, core(request), instance_id_from(request), force=force == "true")
+    return JSONResponse({"removed": True, "cancelled": dropped})
 
 
 # -- sending ----------------------------------------------------------------------------------
@@ -155,7 +172,10 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
         body.update(schemas.path_fields(request.path_params))
         message = schemas.message(message_type, body)
         key = schemas.idempotency_key(request.headers)
-        enqueued = await enqueue.enqueue(core(request), instance.id, message, idempotency_key=key)
+        try:
+            enqueued = await enqueue.enqueue(core(request), instance.id, message, idempotency_key=key)
+        except InstanceNotFound:  # removed since its credentials were cached: as if unknown
+            raise ValidationError("token", UNAUTHORIZED, status=401) from None
         return JSONResponse({
             "zaapId": enqueued.zaap_id,
             "messageId": enqueued.zaap_id,
@@ -163,6 +183,11 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
             "status": enqueued.status,
             "sequence": enqueued.sequence,
             "scheduledFor": iso(enqueued.scheduled_at),
+            # As the instance's record said a few seconds ago (its credentials cache): a caller
+            # learns at once that the phone is offline and its message will wait.
+            "whatsAppStatus": {"connected": instance.connection_state == "connected",
+                               "reason": None if instance.connection_state == "connected" else
+                               instance.connection_detail or instance.connection_state},
         }, headers={"Idempotent-Replayed": "true"} if enqueued.replayed else None)
 
     endpoint.__name__ = f"send_{message_type.name.replace('-', '_')}"
@@ -178,9 +203,15 @@ async def list_queue(request: Request) -> Response:
     status = request.query_params.get("status")
     jobs, total = await call(reads.queue_page, core(request), instance.id, limit, offset, status)
     return JSONResponse({
-        "total": total, "limit": limit, "offset": offset,
+        "total": total, "limit": limit, "offset": offset, "page": offset // limit + 1, "pageSize": limit,
         "messages": [message_json(j) for j in jobs],
     })
+
+
+async def queue_count(request: Request) -> Response:
+    """Z-API's `GET queue/count`: how many messages are still to send."""
+    instance = await authenticated(request)
+    return JSONResponse({"count": await call(reads.queue_depth, core(request), instance.id)})
 
 
 async def queue_stats(request: Request) -> Response:
@@ -252,6 +283,7 @@ async def switch(request: Request, control_: Any, instance_id: UUID, **knobs: An
     if knobs.get("connected") is not None:
         await call(control.set_connection, core(request), instance_id,
                    "connected" if knobs["connected"] else "disconnected", "simulator switch")
+        request.app.state.instances.entries.pop(instance_id, None)  # the send answer's whatsAppStatus
     return state  # type: ignore[no-any-return]
 
 
@@ -313,6 +345,7 @@ async def instance_status(request: Request) -> Response:
         "connected": connected, "smartphoneConnected": connected, "state": state,
         "error": None if connected else detail, "session": instance.whatsapp_jid,
         "transport": instance.transport, "paused": instance.paused,
+        "queueDepth": await call(reads.queue_depth, core(request), instance.id),
     })
 
 

@@ -16,6 +16,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
     "not_found": 404,
     "conflict": 409,
     "unprocessable": 422,
+    "rate_limited": 429,
     "invalid": 400,
 }
 
@@ -25,6 +26,7 @@ FIELD_OF_SUBJECT: dict[Subject, str] = {
     "transport": "transport",
     "delay": "delayMessage",
     "idempotency_key": "Idempotency-Key",
+    "force": "force",
 }
 
 
@@ -40,7 +42,11 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def on_core_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CoreError)
-    return error(STATUS_OF_KIND[exc.kind], str(exc), FIELD_OF_SUBJECT[exc.subject])
+    response = error(STATUS_OF_KIND[exc.kind], str(exc), FIELD_OF_SUBJECT[exc.subject])
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

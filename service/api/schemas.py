@@ -252,7 +252,18 @@ def optional_text(data: dict[str, Any], name: str, max_length: int = 200) -> str
 
 
 def page(params: Any) -> tuple[int, int]:
-    """`limit` (1–500, default 50) and `offset` (≥ 0) from a query string."""
+    """`limit` (1–500, default 50) and `offset` (≥ 0) from a query string; or Z-API's `page`
+    (from 1) and `pageSize` (1–500)."""
+    if "page" in params or "pageSize" in params:
+        try:
+            number, size = int(params.get("page", 1)), int(params.get("pageSize", 50))
+        except ValueError:
+            raise ValidationError("page", "page and pageSize must be integers") from None
+        if not 1 <= size <= 500:
+            raise ValidationError("pageSize", "pageSize must be between 1 and 500")
+        if not 1 <= number <= 1_000_000:
+            raise ValidationError("page", "page must be between 1 and 1000000")
+        return size, (number - 1) * size
     try:
         limit = int(params.get("limit", 50))
         offset = int(params.get("offset", 0))

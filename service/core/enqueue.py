@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from service.core import queries
 from service.core.context import Core
-from service.core.errors import DueTimeTooFar, IdempotencyKeyReused, InstanceNotFound
+from service.core.errors import DueTimeTooFar, IdempotencyKeyReused, InstanceNotFound, RateLimited
 from service.core.models import Enqueued, MessageRequest
 
 logger = logging.getLogger("wmq.core")
@@ -76,6 +76,10 @@ async def enqueue(core: Core, instance_id: UUID, request: MessageRequest,
     except psycopg.Error as error:
         if error.sqlstate == "WQ422":
             raise IdempotencyKeyReused("Idempotency-Key was already used with another request") from None
+        if error.sqlstate == "WQ429":
+            wait, cap = (error.diag.message_detail or "60,0").split(",")
+            raise RateLimited(f"this instance accepts at most {cap} messages a minute; retry in {wait}s",
+                              retry_after=int(wait)) from None
         raise
     assert row is not None
     enqueued = Enqueued(zaap_id=row.get("zaap_id", zaap_id), instance_id=instance_id, sequence=row["sequence"],

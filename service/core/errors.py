@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["not_found", "conflict", "invalid", "unprocessable"]
-Subject = Literal["instance", "message", "transport", "delay", "idempotency_key"]
+Kind = Literal["not_found", "conflict", "invalid", "unprocessable", "rate_limited"]
+Subject = Literal["instance", "message", "transport", "delay", "idempotency_key", "force"]
 
 
 class CoreError(Exception):
@@ -49,6 +49,28 @@ class CancelRefused(CoreError):
     def __init__(self, status: str) -> None:
         super().__init__(f"message is {status} and can no longer be cancelled")
         self.status = status
+
+
+class InstanceHasPending(CoreError):
+    """The instance still has messages to send: removing it would drop them (unless forced)."""
+
+    kind = "conflict"
+    subject = "force"
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(f"the instance has {pending} message(s) still to send; ?force=true removes it and them")
+        self.pending = pending
+
+
+class RateLimited(CoreError):
+    """The instance accepted as many messages this minute as its cap allows."""
+
+    kind = "rate_limited"
+    subject = "instance"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class IdempotencyKeyReused(CoreError):

@@ -10,7 +10,7 @@ import psycopg
 
 from service.core import queries
 from service.core.context import Core
-from service.core.errors import InstanceNotFound, UnknownTransport
+from service.core.errors import InstanceHasPending, InstanceNotFound, UnknownTransport
 from service.core.models import Instance
 from service.settings import min_send_interval
 
@@ -18,7 +18,7 @@ logger = logging.getLogger("wmq.core")
 
 
 def create(core: Core, *, name: str = "", client_token: str | None = None, transport: str | None = None,
-           instance_id: UUID | None = None, token: str | None = None) -> Instance:
+           instance_id: UUID | None = None, token: str | None = None, max_per_minute: int | None = None) -> Instance:
     """A new instance and its (empty) queue. `transport` defaults to WHATSAPP_TRANSPORT and must
     be a row of the `transports` table."""
     try:
@@ -30,6 +30,7 @@ def create(core: Core, *, name: str = "", client_token: str | None = None, trans
             name=name,
             transport=core.settings.whatsapp_transport if transport is None else transport,
             min_send_interval_ms=round(min_send_interval(core.settings) * 1000),
+            max_per_minute=max_per_minute or core.settings.message_queue_max_per_minute,
         )
     except psycopg.errors.ForeignKeyViolation:
         row = None
@@ -40,12 +41,24 @@ def create(core: Core, *, name: str = "", client_token: str | None = None, trans
     return instance
 
 
-def remove(core: Core, instance_id: UUID) -> None:
-    """Delete an instance with its queue and history; its queued broker messages go too."""
-    row = core.one(queries.DELETE_INSTANCE, id=instance_id)
-    if not row or not row["ok"]:
+def remove(core: Core, instance_id: UUID, *, force: bool = False) -> int:
+    """Delete an instance with its queue and history; its queued broker messages go too. One
+    with messages still to send only with `force` (they are dropped); returns how many were."""
+    row = core.one(queries.DELETE_INSTANCE, id=instance_id, force=force)
+    if not row or row["pending"] is None:
         raise InstanceNotFound("instance not found")
-    logger.info("instance removed", extra={"instance_id": str(instance_id)})
+    if row["pending"] and not force:
+        raise InstanceHasPending(row["pending"])
+    logger.info("instance removed", extra={"instance_id": str(instance_id), "dropped": row["pending"]})
+    return int(row["pending"])
+
+
+def rotate_token(core: Core, instance_id: UUID) -> Instance:
+    """A new token for the instance; the old one stops working (at once on this API process, and
+    within the credentials cache's few seconds on others)."""
+    row = core.one(queries.ROTATE_TOKEN, id=instance_id, token=secrets.token_hex(16))
+    logger.info("instance token rotated", extra={"instance_id": str(instance_id)})
+    return _instance(row)
 
 
 def get(core: Core, instance_id: UUID) -> Instance:

@@ -30,7 +30,7 @@ INSERT_INSTANCE = """
           FROM transports t WHERE t.name = %(transport)s
         RETURNING *
     ), queue AS (
-        INSERT INTO instance_queues (instance_id) SELECT id FROM inserted
+        INSERT INTO instance_queues (instance_id, max_per_minute) SELECT id, %(max_per_minute)s FROM inserted
     )
     SELECT * FROM inserted
 """
@@ -42,7 +42,7 @@ TRANSPORT_OF = "SELECT transport FROM instances WHERE id = %(id)s"
 LIST_INSTANCES = "SELECT * FROM instances ORDER BY created_at, id"
 
 # Removing an instance withdraws its queued broker messages; its rows go by cascade.
-DELETE_INSTANCE = "SELECT wmq_remove_instance(%(id)s) AS ok"
+DELETE_INSTANCE = "SELECT wmq_remove_instance(%(id)s, %(force)s) AS pending"
 
 SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS ok"
 
@@ -188,6 +188,12 @@ LIST_MESSAGES = f"""
 COUNT_MESSAGES = f"SELECT count(*) AS total FROM ({_MESSAGES_OF_INSTANCE}) counted"
 
 QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
+
+QUEUE_DEPTH = """
+    SELECT count(*) AS depth FROM messages WHERE instance_id = %(instance_id)s AND wmq_is_unfinished(status)
+"""
+
+ROTATE_TOKEN = "UPDATE instances SET token = %(token)s, updated_at = now() WHERE id = %(id)s RETURNING *"
 
 MESSAGE_EVENTS = """
     SELECT from_status, to_status, at, worker_id, detail

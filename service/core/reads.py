@@ -38,6 +38,12 @@ def queue_stats(core: Core, instance_id: UUID) -> dict[str, Any]:
     return row
 
 
+def queue_depth(core: Core, instance_id: UUID) -> int:
+    """How many of the instance's messages are still to send (scheduled to sending, retryable)."""
+    row = core.one(queries.QUEUE_DEPTH, instance_id=instance_id)
+    return int(row["depth"]) if row else 0
+
+
 def connection(core: Core, instance_id: UUID) -> dict[str, Any]:
     """The instance's row, with `owner_alive`: whether the worker that recorded its connection
     state still lives (if not, that state is stale)."""

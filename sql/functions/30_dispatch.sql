@@ -20,12 +20,34 @@ CREATE FUNCTION get_next_message_sequence(
     OUT sequence bigint,
     OUT scheduled_at timestamptz)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_cap integer;
+    v_count integer;
+    v_window timestamptz;
 BEGIN
-    UPDATE instance_queues q SET last_sequence = q.last_sequence + 1
+    -- The sequence, and the per-minute count of an instance with a cap (a new window once the
+    -- last one is a minute old); over the cap, nothing of this enqueue stays (SQLSTATE WQ429,
+    -- DETAIL: the seconds to wait, the cap).
+    UPDATE instance_queues q
+       SET last_sequence = q.last_sequence + 1,
+           rate_window_start = CASE WHEN q.max_per_minute IS NULL THEN NULL
+                                    WHEN q.rate_window_start IS NULL
+                                      OR q.rate_window_start <= now() - interval '1 minute' THEN now()
+                                    ELSE q.rate_window_start END,
+           rate_count = CASE WHEN q.max_per_minute IS NULL THEN 0
+                             WHEN q.rate_window_start IS NULL
+                               OR q.rate_window_start <= now() - interval '1 minute' THEN 1
+                             ELSE q.rate_count + 1 END
      WHERE q.instance_id = p_instance
- RETURNING q.last_sequence INTO sequence;
+ RETURNING q.last_sequence, q.max_per_minute, q.rate_count, q.rate_window_start
+      INTO sequence, v_cap, v_count, v_window;
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+    IF v_cap IS NOT NULL AND v_count > v_cap THEN
+        RAISE EXCEPTION 'more than % messages in a minute', v_cap USING ERRCODE = 'WQ429',
+            DETAIL = GREATEST(ceil(extract(epoch FROM v_window + interval '1 minute' - now())), 1)::text
+                     || ',' || v_cap;
     END IF;
     scheduled_at := GREATEST(
         COALESCE(

@@ -109,16 +109,25 @@ END
 $$;
 
 -- Remove an instance with its queue and history, under its lock (I1): its queued broker
--- messages are withdrawn first. Returns false for an unknown instance.
-CREATE FUNCTION wmq_remove_instance(p_instance uuid) RETURNS boolean
+-- messages are withdrawn first. With messages still to send, only when forced (they are
+-- dropped with it). Returns NULL for an unknown instance, else how many unfinished messages it
+-- had (removed: p_force or none pending).
+CREATE FUNCTION wmq_remove_instance(p_instance uuid, p_force boolean) RETURNS integer
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_pending integer;
 BEGIN
     IF NOT wmq_lock_instance(p_instance) THEN
-        RETURN false;
+        RETURN NULL;
+    END IF;
+    SELECT count(*) INTO v_pending FROM messages m
+     WHERE m.instance_id = p_instance AND wmq_is_unfinished(m.status);
+    IF v_pending > 0 AND NOT p_force THEN
+        RETURN v_pending;
     END IF;
     DELETE FROM dramatiq.queue q USING messages m
      WHERE m.instance_id = p_instance AND q.message_id = m.dispatch_id AND q.state = 'queued';
     DELETE FROM instances WHERE id = p_instance;
-    RETURN true;
+    RETURN v_pending;
 END
 $$;

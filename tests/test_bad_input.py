@@ -26,6 +26,8 @@ CASES = [
     (b'{"phone": "   ", "message": "hi"}', 400, "phone"),
     (b'{"phone": "not-a-number", "message": "hi"}', 400, "phone"),
     (b'{"phone": ["5511999999999"], "message": "hi"}', 400, "phone"),
+    (b'{"phone": "551199999", "message": "hi"}', 400, "phone"),  # 9 digits: too short
+    (b'{"phone": "5511999999999999", "message": "hi"}', 400, "phone"),  # 16 digits: too long
     (b'{"phone": "5511999999999"}', 400, "message"),
     (b'{"phone": "5511999999999", "message": ""}', 400, "message"),
     (b'{"phone": "5511999999999", "message": 42}', 400, "message"),
@@ -214,3 +216,12 @@ def test_a_body_over_the_limit_is_refused_whole_or_streamed(make_stack: Any) -> 
     assert stack.counts() == before
     small = stack.http.post(f"{stack.base(instance)}/send-text", json={"phone": "5511999999999", "message": "ok"})
     assert small.status_code == 200
+
+
+def test_phones_are_digits_once_plus_spaces_dashes_and_brackets_are_gone(stack: Stack) -> None:
+    instance = stack.create_instance()
+    for given, stored in (("+55 (11) 99999-8888", "5511999998888"), ("1 650 253 0000", "16502530000"),
+                          ("5511999998888@s.whatsapp.net", "5511999998888@s.whatsapp.net"),
+                          ("120363025246125244@g.us", "120363025246125244@g.us")):
+        zaap_id = stack.send_text(instance, "hi", phone=given, delayMessage=3600)["zaapId"]
+        assert stack.job(zaap_id)["phone"] == stored, given

@@ -23,7 +23,7 @@ MAX_TEXT_LENGTH = 65_536
 #: JSON bodies nest no deeper than this (the content model needs three levels).
 MAX_JSON_DEPTH = 16
 
-_PHONE = re.compile(r"^\+?[0-9]{8,20}$", re.ASCII)
+_PHONE = re.compile(r"^\+?[0-9]{10,15}$", re.ASCII)
 _JID = re.compile(r"^[\w.\-:]+@(s\.whatsapp\.net|g\.us|lid|newsletter|broadcast)$", re.ASCII)
 _GROUP = re.compile(r"^[0-9][0-9\-]{8,40}-group$", re.ASCII)
 
@@ -83,7 +83,9 @@ def phone(data: dict[str, Any]) -> str:
         return value.lstrip("+")
     if _JID.match(value) or _GROUP.match(value):
         return value
-    raise ValidationError("phone", "phone must be digits with country code (e.g. 5511999999999) or a WhatsApp id")
+    raise ValidationError("phone", "phone must be 10 to 15 digits with country code (e.g. 5511999999999; "
+                                   "+, spaces, dashes and brackets are ignored) or a WhatsApp id (…@s.whatsapp.net, "
+                                   "…@g.us)")
 
 
 def non_empty_text(data: dict[str, Any], name: str, max_length: int = MAX_TEXT_LENGTH) -> str:

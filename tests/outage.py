@@ -47,4 +47,10 @@ class Database:
             self.start()
 
     def close(self) -> None:
+        """Stop the server whatever pgserver knows of it: once restarted by pg_ctl it runs under
+        a postmaster pgserver did not start, which its cleanup would leave running."""
+        try:
+            self._pg_ctl("-w", "-m", "fast", "stop")
+        except Exception:
+            pass  # already stopped
         self.server.cleanup()

@@ -141,6 +141,21 @@ def test_a_pairing_attempt_stuck_in_go_ends_at_its_deadline(make_stack: Any, sil
     assert stack.stop_process(stack.workers[0], timeout=20) == 0
 
 
+def test_a_store_whatsmeow_cannot_use_is_every_instance_state(make_stack: Any, database_url: str) -> None:
+    """A `whatsmeow_version` left in another schema would make whatsmeow skip creating the store:
+    the worker says so on every neonize instance instead of failing later; the simulator's flow."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.whatsmeow_version (version integer)")
+    stack: Stack = make_stack()
+    real = stack.create_instance(transport="neonize")
+    state = wait_until(lambda: stack.all("SELECT connection_state, connection_detail FROM instances WHERE id = %s"
+                                         " AND connection_state = 'store_error'", (real["id"],)), 60, "store_error")
+    assert "whatsmeow_version table in schema public" in state[0]["connection_detail"]
+    assert stack.http.get(f"{stack.base(real)}/status").json()["state"] == "store_error"
+    simulated = stack.create_instance()
+    stack.wait_completed([stack.send_text(simulated, "flows")["zaapId"]], timeout=30)
+
+
 def test_pairing_routes(make_stack: Any) -> None:
     stack: Stack = make_stack(WHATSAPP_COMMAND_TIMEOUT="1s")
     real = stack.create_instance(transport="neonize")

@@ -35,6 +35,7 @@ def routes(settings: Settings) -> list[Route]:
     table = [
         Route("/healthz", e.healthz),
         Route("/readyz", e.readyz),
+        Route("/openapi.json", e.openapi_document),
         Route("/instances", e.create_instance, methods=["POST"]),
         Route("/instances", e.list_instances, methods=["GET"]),
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),

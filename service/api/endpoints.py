@@ -470,3 +470,10 @@ async def simulator_receipt(request: Request) -> Response:
     await call(instances.get, core(request), instance_id)
     moved = await call(sessions.record_receipt, core(request), instance_id, [message_id], kinds[data["status"]])
     return JSONResponse({"value": True, "moved": moved})
+
+
+async def openapi_document(request: Request) -> Response:
+    """The OpenAPI 3.1 document of this API (service/api/openapi.py)."""
+    from service.api.openapi import document
+
+    return JSONResponse(document())

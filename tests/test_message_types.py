@@ -59,6 +59,10 @@ def test_every_type_is_a_route_and_goes_in_order_as_posted(stack: Stack) -> None
     shown = [e["presence"] for e in stack.events(instance) if e["kind"] == "presence"]
     assert shown == ["composing", "paused", "recording", "paused"], shown  # text first, then the audio
     by_type = {name: zaap_id for zaap_id, name, _ in posted}
+    reply = stack.http.post(f"{stack.base(instance)}/send-text", json={
+        "phone": "5511999999999", "message": "a reply", "messageId": sends[0]["whatsapp_message_id"]}).json()
+    stack.wait_completed([reply["zaapId"]], timeout=30)
+    assert stack.sends(instance)[-1]["payload"] == {"message": "a reply", "messageId": sends[0]["whatsapp_message_id"]}
     listed = stack.http.get(f"{stack.base(instance)}/queue/{by_type['audio']}").json()
     assert listed["messageType"] == "audio" and listed["content"] == BODIES["audio"][1]
 

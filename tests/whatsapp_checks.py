@@ -160,6 +160,19 @@ def message_building() -> None:
         "Our shop\nhttps://example.com/shop", "https://example.com/shop", "Shop", "All we sell")
     assert link.JPEGThumbnail.startswith(b"\xff\xd8")
 
+    # Any type but a reaction may reply to a message (Z-API's messageId): WhatsApp's quote.
+    reply = build_message("text", {"message": "yes", "messageId": "3EB0QUOTED"}, upload,
+                          to="5511999999999@s.whatsapp.net").extendedTextMessage
+    assert (reply.text, reply.contextInfo.stanzaID, reply.contextInfo.participant) == (
+        "yes", "3EB0QUOTED", "5511999999999@s.whatsapp.net")
+    quoted_image = build_message("image", {"image": data_uri("image/png", PNG), "messageId": "3EB0QUOTED"},
+                                 upload).imageMessage
+    assert quoted_image.contextInfo.stanzaID == "3EB0QUOTED"
+    quoted_poll = build_message("poll", {"message": "?", "poll": [{"name": "a"}, {"name": "b"}],
+                                         "messageId": "3EB0QUOTED"}, upload)
+    assert quoted_poll.pollCreationMessage.contextInfo.stanzaID == "3EB0QUOTED"
+    assert not build_message("text", {"message": "plain"}, upload).HasField("extendedTextMessage")
+
     for message_type, payload, complaint in (
         ("image", {"caption": "no image"}, "image is missing"),
         ("story", {"x": "y"}, "unsupported message type"),

@@ -37,6 +37,8 @@ COMMON_FIELDS: dict[str, dict[str, Any]] = {
     "delayTyping": {"type": "number", "minimum": 0, "maximum": schemas.MAX_DELAY_TYPING_SECONDS,
                     "description": "seconds of typing… (recording… for audio) shown before it"},
     "scheduledFor": {"type": "string", "format": "date-time", "description": "not before (with a time zone)"},
+    "messageId": {"type": "string", "minLength": 1, "maxLength": 200,
+                  "description": "the WhatsApp id of a message this one replies to (a reaction: the one it reacts to)"},
 }
 
 ERROR = {"$ref": "#/components/schemas/Error"}

@@ -152,6 +152,10 @@ def message(message_type: MessageType, data: dict[str, Any]) -> MessageRequest:
     fields = common(data)
     payload = {f.name: content_field(data, f) for f in message_type.fields if data.get(f.name) is not None
                or f.required}
+    # `messageId` on any other type: the WhatsApp id of the message this one replies to (Z-API's
+    # reply); a reaction's own `messageId` is the message it reacts to.
+    if "messageId" not in payload and data.get("messageId") is not None:
+        payload["messageId"] = non_empty_text(data, "messageId", max_length=200)
     return MessageRequest(message_type=message_type.name, payload=payload, **fields)
 
 

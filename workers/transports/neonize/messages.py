@@ -31,6 +31,7 @@ from neonize.proto.waCommon.WACommon_pb2 import MessageKey
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
     AudioMessage,
     ContactMessage,
+    ContextInfo,
     DocumentMessage,
     ExtendedTextMessage,
     ImageMessage,
@@ -113,7 +114,23 @@ def build_message(message_type: str, payload: dict[str, Any], upload: Upload, fe
     builder = BUILDERS.get(message_type)
     if builder is None:
         raise PermanentSendError(f"unsupported message type: {message_type}")
-    return builder(payload, Build(upload, fetch, to))
+    message = builder(payload, Build(upload, fetch, to))
+    if payload.get("messageId") and message_type != "reaction":
+        message = reply_to(message, str(payload["messageId"]), to)
+    return message
+
+
+def reply_to(message: Message, message_id: str, chat: str) -> Message:
+    """The message as a reply (WhatsApp's quote): the quoted message's id in the context info of
+    the message's content (plain text becomes an extended text, which has one)."""
+    if message.HasField("conversation"):
+        message = Message(extendedTextMessage=ExtendedTextMessage(text=message.conversation))
+    context = ContextInfo(stanzaID=message_id, participant=chat, quotedMessage=Message(conversation=""))
+    for descriptor, content in message.ListFields():
+        if descriptor.message_type is not None and "contextInfo" in descriptor.message_type.fields_by_name:
+            content.contextInfo.MergeFrom(context)
+            return message
+    raise PermanentSendError("this message cannot be sent as a reply")
 
 
 def text(payload: dict[str, Any], build: Build) -> Message:

@@ -164,7 +164,11 @@ def test_errors_outside_the_send_call_are_never_uncertain(message: str, kind: ty
 def media_server() -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/photo.png":
+            if self.path == "/slow":
+                time.sleep(1)
+                self.send_response(200)
+                self.end_headers()
+            elif self.path == "/photo.png":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
                 self.end_headers()
@@ -194,6 +198,10 @@ def test_media_is_fetched_from_urls_data_uris_and_base64(media_server: str) -> N
         fetch_media(f"{media_server}/broken")
     with pytest.raises(PermanentSendError, match="neither"):
         fetch_media("not base64 at all!")
+    with pytest.raises(PermanentSendError, match="could not be fetched.*ConnectError"):
+        fetch_media("http://127.0.0.1:9/unreachable.png")  # nothing listens on the discard port
+    with pytest.raises(PermanentSendError, match="could not be fetched.*Timeout"):
+        fetch_media(f"{media_server}/slow", timeout=0.2)
 
 
 def test_store_url_is_a_postgres_url_in_its_own_schema() -> None:

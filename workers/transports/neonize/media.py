@@ -26,8 +26,9 @@ class Media:
 
 
 def fetch_media(reference: str, *, timeout: float = 20.0) -> Media:
-    """The bytes behind `reference`. Bad references and 4xx answers are permanent errors (the
-    message can never be sent); timeouts and 5xx are retryable."""
+    """The bytes behind `reference`. Bad references, 4xx answers, unreachable hosts, timeouts and
+    files over the cap are permanent errors (the message fails with the reason, the queue moves
+    on); 5xx answers and connections broken midway are retryable."""
     if reference.startswith(("http://", "https://")):
         return _download(reference, timeout)
     match = _DATA_URI.match(reference)
@@ -58,5 +59,9 @@ def _download(url: str, timeout: float) -> Media:
                 chunks.append(chunk)
             mimetype = response.headers.get("content-type", "").split(";")[0].strip() or None
             return Media(b"".join(chunks), mimetype)
+    except (httpx.ConnectError, httpx.TimeoutException, httpx.UnsupportedProtocol, httpx.TooManyRedirects) as error:
+        # Unreachable, or too slow to come within one attempt: the message says so and the
+        # instance's queue moves on (a retry would hold it again for as long).
+        raise PermanentSendError(f"media could not be fetched from {url}: {type(error).__name__}: {error}") from None
     except httpx.HTTPError as error:
         raise RetryableSendError(f"media download failed: {error}") from None

@@ -18,6 +18,7 @@ from service.api.errors import HANDLERS
 from service.api.schemas import ValidationError
 from service.core.context import Core
 from service.core.message_types import TYPES
+from service.core.metrics import Snapshot
 from service.core.webhooks import EVENTS as WEBHOOK_EVENTS
 from service.db import make_async_pool, make_pool
 from service.settings import Settings
@@ -36,6 +37,7 @@ def routes(settings: Settings) -> list[Route]:
         Route("/healthz", e.healthz),
         Route("/readyz", e.readyz),
         Route("/openapi.json", e.openapi_document),
+        Route("/metrics", e.metrics_exposition),
         Route("/instances", e.create_instance, methods=["POST"]),
         Route("/instances", e.list_instances, methods=["GET"]),
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),
@@ -87,6 +89,7 @@ def create_app(settings: Settings, database_url: str, *, controls: dict[str, Any
         app.state.settings = settings
         app.state.instances = InstanceCache()
         app.state.controls = {name: build(pool) for name, build in controls.items()}
+        app.state.snapshot = Snapshot(app.state.core)
         try:
             yield
         finally:

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api import schemas
+from service.api import metrics, schemas
 from service.api.auth import UNAUTHORIZED, authenticated, instance_id_from, require_admin
 from service.api.schemas import ValidationError
 from service.core import control, enqueue, instances, reads, sessions, webhooks
@@ -176,6 +176,8 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
             enqueued = await enqueue.enqueue(core(request), instance.id, message, idempotency_key=key)
         except InstanceNotFound:  # removed since its credentials were cached: as if unknown
             raise ValidationError("token", UNAUTHORIZED, status=401) from None
+        if not enqueued.replayed:
+            metrics.ACCEPTED.labels(message_type.name).inc()
         return JSONResponse({
             "zaapId": enqueued.zaap_id,
             "messageId": enqueued.zaap_id,
@@ -477,3 +479,9 @@ async def openapi_document(request: Request) -> Response:
     from service.api.openapi import document
 
     return JSONResponse(document())
+
+
+async def metrics_exposition(request: Request) -> Response:
+    """Prometheus' scrape (no instance data: counts by status, type and outcome)."""
+    body = await call(metrics.exposition, request.app.state.snapshot)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.api.metrics import REFUSED
 from service.api.schemas import ValidationError
 from service.core.errors import CoreError, Kind, Subject
 
@@ -31,6 +32,7 @@ FIELD_OF_SUBJECT: dict[Subject, str] = {
 
 
 def error(status: int, message: str, field: str) -> JSONResponse:
+    REFUSED.labels(str(status)).inc()
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 

@@ -249,3 +249,22 @@ WEBHOOK_FAILED = """
            given_up_at = CASE WHEN %(give_up)s THEN now() END
      WHERE id = %(id)s
 """
+
+# --- metrics (service/core/metrics.py) ------------------------------------------------------------
+
+METRICS_SNAPSHOT = """
+    SELECT
+        (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM (
+            SELECT status, count(*) AS n FROM messages GROUP BY status) s) AS statuses,
+        (SELECT count(*) FROM instances WHERE connection_state = 'connected') AS connected,
+        (SELECT count(*) FROM instances WHERE connection_state <> 'connected') AS not_connected,
+        (SELECT count(*) FROM instances WHERE paused) AS paused,
+        (SELECT coalesce(extract(epoch FROM now() - min(m.available_at)), 0) FROM messages m
+          JOIN instances i ON i.id = m.instance_id
+         WHERE m.status IN ('scheduled', 'retryable') AND m.dispatch_id IS NOT NULL AND m.available_at <= now()
+           AND NOT i.paused) AS oldest_due_s,
+        (SELECT count(*) FROM dramatiq.worker WHERE heartbeat_at > now() - make_interval(secs => %(ttl_s)s))
+            AS live_workers,
+        (SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NULL AND given_up_at IS NULL)
+            AS webhooks_pending
+"""

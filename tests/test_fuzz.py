@@ -110,8 +110,9 @@ def test_send_routes_never_fail_and_store_only_what_they_accept(stack: Stack) ->
 
         post(route)
     # The examples reach both sides: sends accepted and sends refused, over the routes.
-    assert sum(counts.get(200, 0) for counts in accepted.values()) > 20, accepted
-    assert sum(counts.get(400, 0) for counts in accepted.values()) > 100, accepted
+    assert sum(counts.get(200, 0) for counts in accepted.values()) >= 10, accepted
+    assert sum(1 for counts in accepted.values() if counts.get(200)) >= 6, accepted
+    assert sum(counts.get(400, 0) for counts in accepted.values()) >= 100, accepted
 
 
 @FUZZ

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     #: Default cap on the messages one instance accepts per minute (429 with Retry-After beyond
     #: it); unset: no cap. An instance may have its own (`maxMessagesPerMinute` at creation).
     message_queue_max_per_minute: int | None = None
+    #: Port on which each worker serves its own Prometheus counters (unset: none).
+    worker_metrics_port: int | None = None
     #: The largest request body the API reads (inline media included); larger ones get a 413.
     api_max_body_bytes: int = 20 * 1024 * 1024
     #: Threads (and database connections) per worker for posting webhooks, apart from sending.

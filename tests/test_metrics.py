@@ -3,6 +3,10 @@ database gauges follow the queue, the API's counters move with the requests that
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.stack import Stack, wait_until
@@ -37,3 +41,29 @@ def test_gauges_follow_the_queue_and_counters_the_requests(stack: Stack) -> None
     assert after[("wmq_instances", (("connection", "connected"),))] >= 1
     assert after[("wmq_oldest_due_seconds", ())] == 0, "nothing due is waiting"
     assert not any("instance" in dict(labels) for _, labels in after), "no per-instance labels"
+
+
+def test_each_worker_counts_its_sends_on_its_own_port(make_stack: Any) -> None:
+    port = free_port()
+    stack: Stack = make_stack(WORKER_METRICS_PORT=str(port))
+    instance = stack.create_instance()
+    stack.wait_completed([stack.send_text(instance, f"m{n}")["zaapId"] for n in range(2)], timeout=30)
+    stack.simulate(instance, failNext=1, failMode="permanent")
+    refused = stack.send_text(instance, "not on WhatsApp")["zaapId"]
+    wait_until(lambda: stack.job(refused)["status"] == "discarded", 30, "the discard")
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    counted = wait_until(lambda: (s := samples()).get(("wmq_worker_send_failures_total", (
+        ("message_type", "text"), ("outcome", "discarded")))) == 1 and s, 10, "the worker's counters")
+    assert counted[("wmq_worker_messages_sent_total", (("message_type", "text"),))] == 2
+    assert counted[("wmq_whatsapp_call_seconds_count", (("message_type", "text"),))] == 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -19,6 +19,7 @@ from service.core.context import Core
 from service.core.message_types import presence_for
 from service.core.models import Claimed
 from service.core.routing import DELIVER_ACTOR, PRESENCE_ACTOR
+from workers import metrics
 from workers.bookkeeping import persist
 from workers.broker import settle
 from workers.ordering import current_claim
@@ -70,11 +71,13 @@ class Deliverer:
                 if transitions.start_typing(self.core, claim.zaap_id, self.worker_id):
                     logger.info("typing", extra={**ctx, "delay_typing_ms": claim.delay_typing_ms})
                 return
-            whatsapp_id = self.transport.send(OutgoingMessage(
-                zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
-                message_type=claim.message_type, payload=claim.payload,
-            ))
+            with metrics.CALL_SECONDS.labels(claim.message_type).time():
+                whatsapp_id = self.transport.send(OutgoingMessage(
+                    zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
+                    message_type=claim.message_type, payload=claim.payload,
+                ))
         except InstanceDisconnected as error:
+            metrics.SNOOZED.labels(claim.message_type).inc()
             delay = self.settings.message_queue_disconnect_retry_delay
             reason = f"disconnected: {error}"
             persist("the snooze", lambda: transitions.snooze(self.core, claim.zaap_id, self.worker_id, delay, reason),
@@ -113,6 +116,7 @@ class Deliverer:
             logger.warning("message sent but no longer ours to complete", extra=ctx)
             return
         settle()
+        metrics.SENT.labels(claim.message_type).inc()
         logger.info("message sent", extra=ctx)
 
     def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> None:
@@ -121,6 +125,7 @@ class Deliverer:
         status = persist("the failure", lambda: transitions.fail(
             self.core, claim.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff),
             ctx, time.monotonic() + RECORD_RETRY_SECONDS)
+        metrics.FAILED.labels(claim.message_type, str(status or "unrecorded")).inc()
         logger.warning("send failed", extra={**ctx, "error": error, "status": status})
 
 

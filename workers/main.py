@@ -20,6 +20,7 @@ from service.core.context import Core
 from service.core.sessions import SessionHost
 from service.db import make_pool
 from service.settings import Settings
+from workers import metrics
 from workers.actors import Deliverer, PresenceSender, declare_actors
 from workers.broker import build_broker, hold_sessions
 from workers.liveness import Heartbeat
@@ -87,6 +88,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     heartbeat.start()
+    metrics.serve(settings.worker_metrics_port)
     worker.start()
     maintenance.start()
     poster.start()

@@ -118,15 +118,16 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         received = 0
+        too_large = f"request body is larger than {self.max_bytes} bytes"
 
         async def limited() -> Message:
             nonlocal received
             if declared is not None:  # declared too large, or not a number
-                raise ValidationError("body", f"request body is larger than {self.max_bytes} bytes", status=413)
+                raise ValidationError("body", too_large, status=413)
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise ValidationError("body", f"request body is larger than {self.max_bytes} bytes", status=413)
+                raise ValidationError("body", too_large, status=413)
             return message
 
         await self.app(scope, limited, send)

@@ -61,6 +61,11 @@ class InstanceCache:
             return None
         return entry[1]
 
+    def forget(self, instance_id: UUID) -> None:
+        """Drop an instance whose record changed (its token, its connection), so that this
+        process's next request reads it afresh."""
+        self.entries.pop(instance_id, None)
+
     def put(self, instance: Instance) -> None:
         if len(self.entries) > 100_000:
             self.entries.clear()

@@ -144,7 +144,7 @@ async def rotate_token(request: Request) -> Response:
     """A new token for the instance (admin); the old one stops working."""
     require_admin(request)
     instance = await call(instances.rotate_token, core(request), instance_id_from(request))
-    request.app.state.instances.entries.pop(instance.id, None)
+    request.app.state.instances.forget(instance.id)
     return JSONResponse(instance_json(instance, with_token=True))
 
 
@@ -285,7 +285,7 @@ async def switch(request: Request, control_: Any, instance_id: UUID, **knobs: An
     if knobs.get("connected") is not None:
         await call(control.set_connection, core(request), instance_id,
                    "connected" if knobs["connected"] else "disconnected", "simulator switch")
-        request.app.state.instances.entries.pop(instance_id, None)  # the send answer's whatsAppStatus
+        request.app.state.instances.forget(instance_id)  # the send answer's whatsAppStatus
     return state  # type: ignore[no-any-return]
 
 

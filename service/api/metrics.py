@@ -15,7 +15,7 @@ from service.core.metrics import Snapshot
 REGISTRY = CollectorRegistry(auto_describe=True)
 ACCEPTED = Counter("wmq_messages_accepted", "Sends accepted (committed) by this API process",
                    ["message_type"], registry=REGISTRY)
-REFUSED = Counter("wmq_requests_refused", "Requests answered 4xx by this API process, by status",
+REFUSED = Counter("wmq_requests_refused", "Requests answered with an error by this API process, by status",
                   ["status"], registry=REGISTRY)
 
 

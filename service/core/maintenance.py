@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 
 from service.core import queries
 from service.core.context import Core
+from service.core.enqueue import IDEMPOTENCY_TTL
 
 Connection = psycopg.Connection[Any]
 
@@ -45,8 +46,6 @@ def redispatch_orphans(core: Core, conn: Connection) -> list[dict[str, Any]]:
 
 def purge_idempotency_keys(core: Core, conn: Connection, batch: int = 10_000) -> int:
     """Delete idempotency keys past their time to live; how many went."""
-    from service.core.enqueue import IDEMPOTENCY_TTL
-
     return int(_rows(conn, queries.PURGE_IDEMPOTENCY_KEYS, ttl=IDEMPOTENCY_TTL, batch=batch)[0]["purged"])
 
 

@@ -133,7 +133,7 @@ class NeonizeTransport:
             logger.info("sending to the number's registered form", extra={
                 "zaap_id": message.zaap_id, "instance_id": str(message.instance_id), "jid": other})
             self.resolved[(message.instance_id, message.phone)] = other
-            if message.message_type == "reaction":
+            if message.payload.get("messageId"):  # a reaction or a reply names its chat: name the new one
                 built = build_message(message.message_type, message.payload, upload=upload, to=other)
             return self._send(message.instance_id, client, other, built)
 

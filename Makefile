@@ -15,6 +15,7 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	sh scripts/install_chromium.sh
 
 run: install
 	$(BIN)/wmq run

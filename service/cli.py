@@ -111,6 +111,7 @@ def cmd_run(settings: Settings) -> int:
         f"  Send a message (with the id and token it returns):\n"
         f"    curl -s {base}/instances/ID/token/TOKEN/send-text -H 'Content-Type: application/json' \\\n"
         f"      -d '{{\"phone\": \"5511999999999\", \"message\": \"hello\", \"delayTyping\": 2}}'\n\n"
+        f"  Dashboard: {base}/dashboard (log in with the admin token)   API reference: {base}/docs\n\n"
         f"  Ctrl-C stops everything.\n",
         flush=True,
     )

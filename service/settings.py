@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     #: Show each connected account as online, which "typing…" needs; the phone then gets no
     #: notifications while its session is connected.
     whatsapp_announce_available: bool = True
+    #: The dashboard marks an instance stuck when its next message is overdue by more than this
+    #: (or it is not connected with messages to send), and lists it first.
+    dashboard_stuck_after: Duration = 120.0
 
     @model_validator(mode="after")
     def _validate(self) -> Settings:

@@ -9,9 +9,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api import dashboard, docs
 from service.api import endpoints as e
 from service.api.auth import InstanceCache
 from service.api.errors import HANDLERS
@@ -32,12 +33,14 @@ INSTANCE = "/instances/{instance}/token/{token}"
 DATABASE_WAIT = 5.0
 
 
-def routes(settings: Settings) -> list[Route]:
-    table = [
+def routes(settings: Settings) -> list[BaseRoute]:
+    table: list[BaseRoute] = [
         Route("/healthz", e.healthz),
         Route("/readyz", e.readyz),
         Route("/openapi.json", e.openapi_document),
         Route("/metrics", e.metrics_exposition),
+        Route("/docs", docs.page),
+        *dashboard.routes(),
         Route("/instances", e.create_instance, methods=["POST"]),
         Route("/instances", e.list_instances, methods=["GET"]),
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),

@@ -28,7 +28,7 @@ def instance_id_from(request: Request) -> UUID:
         raise ValidationError("instance", "instance id must be a UUID", status=404) from None
 
 
-def _same(expected: str, given: bytes) -> bool:
+def same_secret(expected: str, given: bytes) -> bool:
     """Constant-time comparison of two secrets, as bytes: `compare_digest` refuses non-ASCII
     text, and a token or header with any would have made every route of the instance a 500."""
     return secrets.compare_digest(expected.encode("utf-8", "surrogateescape"), given)
@@ -37,9 +37,9 @@ def _same(expected: str, given: bytes) -> bool:
 def check_credentials(instance: Instance, token: str, client_token: bytes | None) -> Instance:
     """`instance`, if `token` (from the path) and `client_token` (the header's bytes, when the
     instance has one) match; 401 if not."""
-    if not _same(instance.token, token.encode("utf-8", "surrogateescape")):
+    if not same_secret(instance.token, token.encode("utf-8", "surrogateescape")):
         raise ValidationError("token", UNAUTHORIZED, status=401)
-    if instance.client_token and not _same(instance.client_token, client_token or b""):
+    if instance.client_token and not same_secret(instance.client_token, client_token or b""):
         raise ValidationError(CLIENT_TOKEN_HEADER, f"missing or invalid {CLIENT_TOKEN_HEADER} header", status=401)
     return instance
 
@@ -100,5 +100,5 @@ def header_bytes(request: Request, name: str) -> bytes | None:
 def require_admin(request: Request) -> None:
     expected = request.app.state.settings.admin_token
     given = request.headers.get("authorization", "")
-    if not expected or not _same(f"Bearer {expected}", given.encode("latin-1")):
+    if not expected or not same_secret(f"Bearer {expected}", given.encode("latin-1")):
         raise ValidationError("Authorization", "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'", status=401)

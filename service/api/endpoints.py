@@ -397,14 +397,17 @@ async def phone_code(request: Request) -> Response:
     return JSONResponse({"code": result["code"]})
 
 
-async def _session_action(request: Request, command: str, connected: bool) -> Response:
+async def session_action(request: Request, instance: Instance, command: str, connected: bool) -> None:
     """A session transport's holder runs `command`; a controlled one (the simulator) is switched."""
-    instance = await authenticated(request)
     controlled = transport_control(request, instance.transport)
     if controlled is not None:
         await switch(request, controlled, instance.id, connected=connected)
     else:
         await call(sessions.ask, core(request), instance.id, command)
+
+
+async def _session_action(request: Request, command: str, connected: bool) -> Response:
+    await session_action(request, await authenticated(request), command, connected)
     return JSONResponse({"value": True})
 
 

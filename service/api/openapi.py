@@ -105,6 +105,7 @@ def _routes() -> dict[str, dict[str, Any]]:
         "/healthz": {"get": _op("the process is up", statuses=())},
         "/readyz": {"get": _op("the database is reachable and migrated", statuses=())},
         "/openapi.json": {"get": _op("this document", statuses=())},
+        "/docs": {"get": _op("this document as a web page (HTML)", statuses=())},
         "/metrics": {"get": _op("Prometheus metrics (text format)", statuses=())},
         "/instances": {
             "post": _op("create an instance", admin=True, ok="201", body={"type": "object", "properties": {

@@ -20,8 +20,15 @@ from psycopg.types.json import Jsonb
 
 from service.core import queries
 from service.core.context import Core
-from service.core.errors import DueTimeTooFar, IdempotencyKeyReused, InstanceNotFound, RateLimited
-from service.core.models import Enqueued, MessageRequest
+from service.core.errors import (
+    DueTimeTooFar,
+    IdempotencyKeyReused,
+    InstanceNotFound,
+    MessageNotFound,
+    RateLimited,
+    RetryRefused,
+)
+from service.core.models import Enqueued, MessageRequest, QueuedMessage
 
 logger = logging.getLogger("wmq.core")
 
@@ -92,4 +99,23 @@ async def enqueue(core: Core, instance_id: UUID, request: MessageRequest,
         "zaap_id": zaap_id, "instance_id": str(instance_id), "sequence": enqueued.sequence,
         "message_type": request.message_type, "scheduled_at": enqueued.scheduled_at.isoformat(),
     })
+    return enqueued
+
+
+async def retry_as_new(core: Core, zaap_id: str) -> Enqueued:
+    """A discarded message queued again as a new message (a new zaapId) at the tail of its
+    instance's queue, with its delays: the old one stays discarded, with its history, and the
+    messages queued since it failed keep their place ahead of the copy."""
+    row = await core.one_async(queries.GET_MESSAGE, zaap_id=zaap_id)
+    if row is None:
+        raise MessageNotFound("message not found")
+    old = QueuedMessage.from_row(row)
+    if old.status != "discarded":
+        raise RetryRefused(old.status)
+    enqueued = await enqueue(core, old.instance_id, MessageRequest(
+        phone=old.phone, message_type=old.message_type, payload=old.payload,
+        delay_message_ms=old.delay_message_ms, delay_typing_ms=old.delay_typing_ms))
+    logger.info("discarded message queued again as a new one", extra={
+        "zaap_id": enqueued.zaap_id, "instance_id": str(old.instance_id), "sequence": enqueued.sequence,
+        "retry_of": zaap_id})
     return enqueued

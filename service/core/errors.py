@@ -51,6 +51,16 @@ class CancelRefused(CoreError):
         self.status = status
 
 
+class RetryRefused(CoreError):
+    """Only a discarded message can be sent again as a new one."""
+
+    kind = "conflict"
+    subject = "message"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"message is {status}; only a discarded message can be retried as a new one")
+
+
 class InstanceHasPending(CoreError):
     """The instance still has messages to send: removing it would drop them (unless forced)."""
 

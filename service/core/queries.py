@@ -268,3 +268,69 @@ METRICS_SNAPSHOT = """
         (SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NULL AND given_up_at IS NULL)
             AS webhooks_pending
 """
+
+# --- the operator's overview (service/core/overview.py; the dashboard) -----------------------
+
+#: Every instance with what an operator looks at first. `stuck`: not paused, with messages to
+#: send, and either its next message overdue for longer than the threshold or not connected.
+OVERVIEW_INSTANCES = """
+    WITH pending AS (
+        SELECT m.instance_id, count(*) AS depth, min(m.scheduled_at) AS next_due_at,
+               min(m.scheduled_at) FILTER (WHERE m.scheduled_at <= now()) AS overdue_since,
+               (array_agg(m.last_error ORDER BY m.sequence DESC)
+                   FILTER (WHERE m.last_error IS NOT NULL))[1] AS last_error
+          FROM messages m WHERE wmq_is_unfinished(m.status) GROUP BY m.instance_id
+    ), sent AS (
+        SELECT m.instance_id, count(*) AS sent_last_hour FROM messages m
+         WHERE m.finished_at > now() - interval '1 hour' AND m.status = 'completed' GROUP BY m.instance_id
+    )
+    SELECT i.id, i.name, i.transport, i.paused, i.connection_state, i.connection_detail,
+           coalesce(p.depth, 0) AS depth, p.next_due_at, p.overdue_since, p.last_error,
+           coalesce(s.sent_last_hour, 0) AS sent_last_hour, q.last_sent_at,
+           coalesce(NOT i.paused AND p.depth > 0 AND (
+                p.overdue_since < now() - make_interval(secs => %(stuck_after_s)s)
+             OR i.connection_state <> 'connected'), false) AS stuck
+      FROM instances i
+      JOIN instance_queues q ON q.instance_id = i.id
+      LEFT JOIN pending p ON p.instance_id = i.id
+      LEFT JOIN sent s ON s.instance_id = i.id
+     WHERE %(instance_id)s::uuid IS NULL OR i.id = %(instance_id)s
+"""
+
+#: The last finished messages of one instance, newest first (its pending ones: LIST_MESSAGES).
+RECENT_FINISHED = f"""
+    SELECT {MESSAGE_COLUMNS} FROM messages m
+     WHERE m.instance_id = %(instance_id)s AND NOT wmq_is_unfinished(m.status)
+     ORDER BY m.sequence DESC LIMIT %(limit)s
+"""
+
+#: Discarded messages of the last day with their reasons (the seed's view), newest first.
+RECENT_DISCARDED = """
+    SELECT f.*, i.name AS instance_name FROM v_recent_failed_jobs f JOIN instances i ON i.id = f.instance_id
+     WHERE f.status = 'discarded' ORDER BY f.finished_at DESC LIMIT %(limit)s
+"""
+
+#: Per minute over the last hour: messages sent and discarded, and the lateness of the sent
+#: ones (send start minus due time) at p50 and p99.
+THROUGHPUT = """
+    SELECT date_trunc('minute', m.finished_at) AS minute,
+           count(*) FILTER (WHERE m.status = 'completed') AS sent,
+           count(*) FILTER (WHERE m.status = 'discarded') AS discarded,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(0, extract(epoch FROM m.started_at - m.scheduled_at)))
+               FILTER (WHERE m.status = 'completed') AS lateness_p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY greatest(0, extract(epoch FROM m.started_at - m.scheduled_at)))
+               FILTER (WHERE m.status = 'completed') AS lateness_p99
+      FROM messages m
+     WHERE m.finished_at > now() - interval '1 hour' AND m.status IN ('completed', 'discarded')
+     GROUP BY 1 ORDER BY 1
+"""
+
+#: The broker's workers: heartbeat, alive, the WhatsApp sessions each holds, messages in flight.
+WORKERS = """
+    SELECT w.worker_id, w.heartbeat_at, extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age_s,
+           wmq_worker_alive(w.worker_id, %(ttl_s)s) AS alive,
+           (SELECT count(*) FROM instances i WHERE i.owner_worker_id = w.worker_id) AS sessions,
+           (SELECT count(*) FROM messages m
+             WHERE m.worker_id = w.worker_id AND m.status IN ('running', 'typing', 'sending')) AS in_flight
+      FROM dramatiq.worker w ORDER BY w.heartbeat_at DESC
+"""

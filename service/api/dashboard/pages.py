@@ -1,0 +1,242 @@
+"""The dashboard's pages and actions: server-rendered HTML (Jinja2), forms that POST and
+redirect back, a little plain JavaScript for the chart and the refresh (static/), nothing from
+a CDN. Every page needs a login (service/api/dashboard/login.py); every action a CSRF token."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from service.api.dashboard import login
+from service.api.endpoints import call, core, iso, qr_png, session_action, transport_control
+from service.api.templating import TEMPLATES
+from service.core import control, enqueue, instances, overview, reads, sessions
+from service.core.errors import CoreError, InstanceNotFound
+
+FLASH = "wmq_flash"
+#: Pages the browser may come back to after an action (never an address from outside).
+PREFIX = "/dashboard"
+#: Only this host's scripts, styles and images (and the QR code's data URI); no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+
+
+def render(request: Request, template: str, csrf: str, **context: Any) -> Response:
+    flash = request.cookies.get(FLASH)
+    response = TEMPLATES.TemplateResponse(request, template, {
+        "csrf": csrf, "flash": flash, "now": datetime.now(UTC), **context})
+    if flash:
+        response.delete_cookie(FLASH, path=PREFIX)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def back(request: Request, path: str, flash: str) -> Response:
+    """Back to a dashboard page (303, so the browser GETs it), saying what happened."""
+    response = RedirectResponse(path if path.startswith(PREFIX) else PREFIX, status_code=303)
+    response.set_cookie(FLASH, quote(flash, safe=" ,.:;()'!?-_/"), max_age=60, path=PREFIX, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+def page(handler: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A page: the login page for a browser without a session (no data shown), 401 for a script."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            csrf = login.require(request)
+        except login.NotLoggedIn:
+            if "text/html" in request.headers.get("accept", ""):
+                return RedirectResponse(f"{PREFIX}/login", status_code=303)
+            return JSONResponse({"error": "log in with the admin token", "field": "Authorization"}, 401)
+        return await handler(request, csrf)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def action(handler: Callable[[Request], Awaitable[str]]) -> Callable[[Request], Awaitable[Response]]:
+    """An action: a POST with the CSRF token; does one thing and goes back to where it came from
+    (the form's `next`) saying what it did, or why not."""
+
+    async def endpoint(request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        try:
+            login.check_action(request, form)
+        except login.NotLoggedIn:
+            return JSONResponse({"error": "log in with the admin token", "field": "Authorization"}, 401)
+        except login.CrossSite:
+            return JSONResponse({"error": "missing or invalid CSRF token, or a request from another site",
+                                 "field": "csrf"}, 403)
+        try:
+            done = await handler(request)
+        except CoreError as error:
+            done = f"Not done: {error}"
+        return back(request, form.get("next", PREFIX), done)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def instance_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["instance"])
+    except ValueError:
+        raise InstanceNotFound("instance not found") from None
+
+
+# -- login ---------------------------------------------------------------------------------------
+
+
+async def login_form(request: Request) -> Response:
+    return TEMPLATES.TemplateResponse(request, "login.html", {"error": None, "csrf": ""}, headers=SECURITY_HEADERS)
+
+
+async def login_submit(request: Request) -> Response:
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    if not request.app.state.settings.admin_token or not login.token_matches(request, form.get("token", "")):
+        return TEMPLATES.TemplateResponse(request, "login.html", {"error": "That is not the admin token.", "csrf": ""},
+                                          401, headers=SECURITY_HEADERS)
+    response = RedirectResponse(PREFIX, status_code=303)
+    response.set_cookie(login.COOKIE, login.new_session(request), max_age=login.LIFETIME, path=PREFIX,
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    try:
+        login.check_action(request, form)
+    except (login.NotLoggedIn, login.CrossSite):
+        pass  # logging out is harmless either way
+    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response.delete_cookie(login.COOKIE, path=PREFIX)
+    return response
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+
+@page
+async def home(request: Request, csrf: str) -> Response:
+    sort = request.query_params.get("sort", "overdue")
+    rows = await call(overview.instances, core(request), sort)
+    return render(request, "instances.html", csrf, instances=rows, sort=sort, sorts=overview.SORTS,
+                  stuck=sum(r["stuck"] for r in rows), stuck_after=request.app.state.settings.dashboard_stuck_after)
+
+
+@page
+async def instance_page(request: Request, csrf: str) -> Response:
+    try:
+        iid = instance_id(request)
+        summary = await call(overview.instance, core(request), iid)
+    except CoreError:
+        return render(request, "missing.html", csrf, what="instance")
+    pending, total = await call(reads.queue_page, core(request), iid, 200, 0, "pending")
+    finished = await call(overview.recent_finished, core(request), iid)
+    session_bound = transport_control(request, summary["transport"]) is None
+    return render(request, "instance.html", csrf, i=summary, pending=pending, pending_total=total,
+                  finished=finished, session_bound=session_bound)
+
+
+@page
+async def qr_page(request: Request, csrf: str) -> Response:
+    """The pairing QR code of a session instance (starting a pairing attempt if none runs); the
+    page reloads itself as WhatsApp renews the code."""
+    try:
+        iid = instance_id(request)
+        summary = await call(overview.instance, core(request), iid)
+        status = await call(sessions.request_qr, core(request), iid)
+    except CoreError as error:
+        return render(request, "missing.html", csrf, what=f"QR code ({error or 'no such instance'})")
+    image = "data:image/png;base64," + base64.b64encode(qr_png(status["qr_code"])).decode()
+    return render(request, "qr.html", csrf, i=summary, image=image, updated=status["qr_updated_at"])
+
+
+@page
+async def message_page(request: Request, csrf: str) -> Response:
+    try:
+        job = await call(reads.message, core(request), request.path_params["zaap_id"], with_events=True)
+    except CoreError:
+        return render(request, "missing.html", csrf, what="message")
+    payload = str(job.payload)
+    return render(request, "message.html", csrf, m=job,
+                  payload=payload if len(payload) <= 2000 else payload[:2000] + " … (cut)")
+
+
+@page
+async def failures_page(request: Request, csrf: str) -> Response:
+    rows = await call(overview.recent_discarded, core(request))
+    return render(request, "failures.html", csrf, failures=rows)
+
+
+@page
+async def workers_page(request: Request, csrf: str) -> Response:
+    rows = await call(overview.workers, core(request))
+    return render(request, "workers.html", csrf, workers=rows,
+                  ttl=request.app.state.settings.message_queue_heartbeat_ttl)
+
+
+@page
+async def throughput(request: Request, csrf: str) -> Response:
+    """The chart's data: per minute of the last hour, sent, discarded, lateness p50 / p99 (s)."""
+    rows = await call(overview.throughput, core(request))
+    return JSONResponse([{"minute": iso(r["minute"]), "sent": r["sent"], "discarded": r["discarded"],
+                          "latenessP50": r["lateness_p50"], "latenessP99": r["lateness_p99"]} for r in rows],
+                        headers={"Cache-Control": "no-store"})
+
+
+# -- actions -------------------------------------------------------------------------------------
+
+
+@action
+async def pause(request: Request) -> str:
+    await call(control.set_paused, core(request), instance_id(request), True)
+    return "Instance paused: nothing is sent until it is resumed."
+
+
+@action
+async def resume(request: Request) -> str:
+    await call(control.set_paused, core(request), instance_id(request), False)
+    return "Instance resumed."
+
+
+@action
+async def cancel_all(request: Request) -> str:
+    count = await call(control.cancel_all, core(request), instance_id(request))
+    return f"{count} message(s) cancelled."
+
+
+@action
+async def reconnect(request: Request) -> str:
+    instance = await call(instances.get, core(request), instance_id(request))
+    await session_action(request, instance, "restart", connected=True)
+    request.app.state.instances.forget(instance.id)
+    return "Reconnect asked."
+
+
+@action
+async def cancel_message(request: Request) -> str:
+    zaap_id = request.path_params["zaap_id"]
+    previous = await call(control.cancel, core(request), zaap_id)
+    return f"Message {zaap_id} cancelled (it was {previous})."
+
+
+@action
+async def retry_message(request: Request) -> str:
+    enqueued = await enqueue.retry_as_new(core(request), request.path_params["zaap_id"])
+    return f"Queued again as a new message {enqueued.zaap_id} (sequence {enqueued.sequence}, at the end of the queue)."
+

@@ -20,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from service.db import migrate
 from tests.stack import Stack
+from tests.webhook_receiver import Receiver
 
 TEMPLATE = "wmq_test_template"
 
@@ -88,3 +89,10 @@ def make_stack(database_url: str, tmp_path: Path) -> Iterator[Any]:
 def stack(make_stack: Any) -> Stack:
     """API + one worker (4 threads) with zero jitter."""
     return make_stack()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    served = Receiver()
+    yield served
+    served.server.shutdown()

@@ -63,13 +63,17 @@ class Deliverer:
 
     def _deliver(self, claim: Claimed) -> None:
         ctx = claim.log_context()
+        logger.info("message claimed", extra={**ctx, "status": "running" if claim.granted == "typing" else "sending",
+                                               "late_s": round(claim.late_s, 3)})
+        if claim.first_start:
+            metrics.LATENESS.labels(claim.message_type).observe(max(0.0, claim.late_s))
         # No connectivity check first: the transport raises InstanceDisconnected when it cannot
         # send, before anything reaches WhatsApp, and the head is snoozed either way.
         try:
             if claim.granted == "typing":
                 self.transport.send_presence(claim.instance_id, claim.phone, presence_for(claim.message_type))
                 if transitions.start_typing(self.core, claim.zaap_id, self.worker_id):
-                    logger.info("typing", extra={**ctx, "delay_typing_ms": claim.delay_typing_ms})
+                    logger.info("typing", extra={**ctx, "status": "typing", "delay_typing_ms": claim.delay_typing_ms})
                 return
             with metrics.CALL_SECONDS.labels(claim.message_type).time():
                 whatsapp_id = self.transport.send(OutgoingMessage(
@@ -82,7 +86,8 @@ class Deliverer:
             reason = f"disconnected: {error}"
             persist("the snooze", lambda: transitions.snooze(self.core, claim.zaap_id, self.worker_id, delay, reason),
                     ctx, time.monotonic() + RECORD_RETRY_SECONDS)
-            logger.info("instance disconnected; head snoozed", extra={**ctx, "retry_in_s": delay})
+            logger.info("instance disconnected; head snoozed",
+                        extra={**ctx, "status": "scheduled", "retry_in_s": delay})
             return
         except PermanentSendError as error:
             self._fail(claim, str(error), permanent=True)
@@ -90,7 +95,8 @@ class Deliverer:
         except UncertainSendError as error:
             resend = self.settings.message_queue_resend_uncertain
             detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
-            self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend)
+            if self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend) == "retryable":
+                metrics.RESENT.inc()
             return
         except Exception as error:
             self._fail(claim, f"{type(error).__name__}: {error}", permanent=False)
@@ -117,9 +123,11 @@ class Deliverer:
             return
         settle()
         metrics.SENT.labels(claim.message_type).inc()
-        logger.info("message sent", extra=ctx)
+        since_accept = claim.accepted_s + time.monotonic() - claim.claimed_at
+        metrics.ACCEPT_TO_SEND.labels(claim.message_type).observe(since_accept)
+        logger.info("message sent", extra={**ctx, "status": "completed"})
 
-    def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> None:
+    def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> str | None:
         ctx = claim.log_context()
         backoff = transitions.backoff(self.core, claim.attempts)
         status = persist("the failure", lambda: transitions.fail(
@@ -127,6 +135,7 @@ class Deliverer:
             ctx, time.monotonic() + RECORD_RETRY_SECONDS)
         metrics.FAILED.labels(claim.message_type, str(status or "unrecorded")).inc()
         logger.warning("send failed", extra={**ctx, "error": error, "status": status})
+        return status
 
 
 class PresenceSender:

@@ -30,6 +30,7 @@ import psycopg
 from service.core import webhooks
 from service.core.context import Core
 from service.db import make_pool
+from workers import metrics
 
 logger = logging.getLogger("wmq.webhooks")
 
@@ -110,6 +111,7 @@ class WebhookPoster(threading.Thread):
                 status = answer.status_code
                 if 200 <= status < 300:
                     posting.done(status)
+                    metrics.WEBHOOKS.labels(row["event"], "delivered").inc()
                     logger.info("webhook delivered", extra={"instance_id": str(instance_id), "delivery": row["id"],
                                                             "status": status})
                     return True
@@ -119,6 +121,7 @@ class WebhookPoster(threading.Thread):
             age = (datetime.now(UTC) - row["created_at"]).total_seconds()
             give_up = age >= self.retry_for
             posting.failed(status, error, give_up)
+            metrics.WEBHOOKS.labels(row["event"], "given_up" if give_up else "failed").inc()
             logger.warning("webhook not delivered", extra={
                 "instance_id": str(instance_id), "delivery": row["id"], "error": error, "given_up": give_up})
             return give_up  # a delivery given up lets the next one go now; one that waits, waits

@@ -173,7 +173,8 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
         message = schemas.message(message_type, body)
         key = schemas.idempotency_key(request.headers)
         try:
-            enqueued = await enqueue.enqueue(core(request), instance.id, message, idempotency_key=key)
+            with metrics.ENQUEUE_SECONDS.labels(message_type.name).time():
+                enqueued = await enqueue.enqueue(core(request), instance.id, message, idempotency_key=key)
         except InstanceNotFound:  # removed since its credentials were cached: as if unknown
             raise ValidationError("token", UNAUTHORIZED, status=401) from None
         if not enqueued.replayed:
@@ -243,12 +244,14 @@ async def cancel_queue_message(request: Request) -> Response:
     if job.instance_id != instance.id:
         raise ValidationError("zaapId", "message not found", status=404)
     previous = await call(control.cancel, core(request), zaap_id)
+    metrics.CANCELLED.inc()
     return JSONResponse({"zaapId": zaap_id, "status": "cancelled", "previousStatus": previous})
 
 
 async def cancel_queue(request: Request) -> Response:
     instance = await authenticated(request)
     count = await call(control.cancel_all, core(request), instance.id)
+    metrics.CANCELLED.inc(count)
     return JSONResponse({"cancelled": count})
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from service.core.metrics import Snapshot
@@ -15,6 +15,11 @@ from service.core.metrics import Snapshot
 REGISTRY = CollectorRegistry(auto_describe=True)
 ACCEPTED = Counter("wmq_messages_accepted", "Sends accepted (committed) by this API process",
                    ["message_type"], registry=REGISTRY)
+CANCELLED = Counter("wmq_messages_cancelled", "Messages cancelled through this API process (routes and dashboard)",
+                    registry=REGISTRY)
+ENQUEUE_SECONDS = Histogram("wmq_enqueue_seconds", "A send request's enqueue (the database call) in this API process",
+                            ["message_type"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+                            registry=REGISTRY)
 REFUSED = Counter("wmq_requests_refused", "Requests answered with an error by this API process, by status",
                   ["status"], registry=REGISTRY)
 
@@ -36,6 +41,9 @@ class DatabaseGauges:
         instances.add_metric(["not_connected"], values["not_connected"])
         yield instances
         yield GaugeMetricFamily("wmq_instances_paused", "Paused instances", value=values["paused"])
+        yield GaugeMetricFamily("wmq_instances_disconnected_with_backlog",
+                                "Instances not connected that have messages to send",
+                                value=values["disconnected_with_backlog"])
         yield GaugeMetricFamily("wmq_oldest_due_seconds", "How long the oldest due message has waited for a worker",
                                 value=float(values["oldest_due_s"]))
         yield GaugeMetricFamily("wmq_live_workers", "Worker processes with a fresh heartbeat",

@@ -21,7 +21,10 @@ def cancel(core: Core, zaap_id: str) -> str:
         raise MessageNotFound("message not found")
     if not row["cancelled"]:
         raise CancelRefused(row["previous_status"])
-    logger.info("message cancelled", extra={"zaap_id": zaap_id})
+    logger.info("message cancelled", extra={
+        "zaap_id": zaap_id, "instance_id": str(row["instance_id"]), "sequence": row["sequence"], "status": "cancelled",
+        "attempt": row["attempts"], "scheduled_at": row["scheduled_at"].isoformat(),
+        "previous_status": row["previous_status"]})
     return str(row["previous_status"])
 
 

@@ -96,8 +96,8 @@ async def enqueue(core: Core, instance_id: UUID, request: MessageRequest,
             "zaap_id": enqueued.zaap_id, "instance_id": str(instance_id), "sequence": enqueued.sequence})
         return enqueued
     logger.info("message enqueued", extra={
-        "zaap_id": zaap_id, "instance_id": str(instance_id), "sequence": enqueued.sequence,
-        "message_type": request.message_type, "scheduled_at": enqueued.scheduled_at.isoformat(),
+        "zaap_id": zaap_id, "instance_id": str(instance_id), "sequence": enqueued.sequence, "status": enqueued.status,
+        "attempt": 0, "message_type": request.message_type, "scheduled_at": enqueued.scheduled_at.isoformat(),
     })
     return enqueued
 

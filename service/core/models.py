@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -67,13 +68,28 @@ class Claimed:
     payload: dict[str, Any]
     delay_typing_ms: int
     attempts: int
+    scheduled_at: datetime
+    #: At the claim, by the database's clock: how late against the due time (negative: early),
+    #: and how long since the message was accepted.
+    late_s: float = field(compare=False)
+    accepted_s: float = field(compare=False)
+    #: When this process got the claim (time.monotonic()), to time the rest of the send.
+    claimed_at: float = field(default_factory=time.monotonic, compare=False)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Claimed:
         return cls(**row)
 
+    @property
+    def first_start(self) -> bool:
+        """This claim starts the message (its typing, or its send when it has none) for the
+        first time: its lateness is this claim's."""
+        return self.granted == "typing" or (self.granted == "send" and self.delay_typing_ms == 0
+                                             and self.attempts == 1)
+
     def log_context(self) -> dict[str, Any]:
-        return {"zaap_id": self.zaap_id, "instance_id": str(self.instance_id), "sequence": self.sequence}
+        return {"zaap_id": self.zaap_id, "instance_id": str(self.instance_id), "sequence": self.sequence,
+                "attempt": self.attempts, "scheduled_at": self.scheduled_at.isoformat()}
 
 
 @dataclass

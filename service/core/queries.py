@@ -63,7 +63,16 @@ ENQUEUE = """
         %(max_attempts)s, %(queue)s, %(actor)s)
 """
 
-CLAIM = "SELECT * FROM wmq_claim(%(zaap_id)s, %(dispatch_id)s, %(worker_id)s)"
+# With, for the logs and the metrics, the due time and (by the database's clock) how late the
+# claim is against it and how long since the message was accepted; read beside the function, so
+# its signature stays what workers of the previous release expect during a rolling upgrade.
+CLAIM = """
+    SELECT c.*, m.scheduled_at,
+           extract(epoch FROM clock_timestamp() - m.scheduled_at)::float8 AS late_s,
+           extract(epoch FROM clock_timestamp() - m.enqueued_at)::float8 AS accepted_s
+      FROM wmq_claim(%(zaap_id)s, %(dispatch_id)s, %(worker_id)s) c
+      JOIN messages m ON m.zaap_id = c.zaap_id
+"""
 
 START_TYPING = "SELECT wmq_start_typing(%(zaap_id)s, %(worker_id)s, %(queue)s, %(actor)s) AS ok"
 
@@ -81,7 +90,12 @@ SNOOZE = """
                       %(queue)s, %(actor)s) AS ok
 """
 
-CANCEL = "SELECT * FROM wmq_cancel(%(zaap_id)s, %(queue)s, %(actor)s, %(presence_actor)s)"
+# With what the log line names (read beside the function: they do not change on a cancel).
+CANCEL = """
+    SELECT c.*, m.instance_id, m.sequence, m.attempts, m.scheduled_at
+      FROM wmq_cancel(%(zaap_id)s, %(queue)s, %(actor)s, %(presence_actor)s) c
+      LEFT JOIN messages m ON m.zaap_id = %(zaap_id)s
+"""
 
 CANCEL_ALL = "SELECT wmq_cancel_all(%(instance_id)s, %(queue)s, %(presence_actor)s) AS count"
 
@@ -233,7 +247,9 @@ DUE_WEBHOOK_INSTANCES = """
      LIMIT %(limit)s
 """
 
-WEBHOOK_HEAD = "SELECT * FROM wmq_webhook_head(%(instance_id)s)"
+WEBHOOK_HEAD = """
+    SELECT h.*, d.event FROM wmq_webhook_head(%(instance_id)s) h JOIN webhook_deliveries d ON d.id = h.id
+"""
 
 WEBHOOK_DELIVERED = """
     UPDATE webhook_deliveries
@@ -259,6 +275,9 @@ METRICS_SNAPSHOT = """
         (SELECT count(*) FROM instances WHERE connection_state = 'connected') AS connected,
         (SELECT count(*) FROM instances WHERE connection_state <> 'connected') AS not_connected,
         (SELECT count(*) FROM instances WHERE paused) AS paused,
+        (SELECT count(*) FROM instances i WHERE i.connection_state <> 'connected' AND EXISTS (
+            SELECT 1 FROM messages m WHERE m.instance_id = i.id AND wmq_is_unfinished(m.status)))
+            AS disconnected_with_backlog,
         (SELECT coalesce(extract(epoch FROM now() - min(m.available_at)), 0) FROM messages m
           JOIN instances i ON i.id = m.instance_id
          WHERE m.status IN ('scheduled', 'retryable') AND m.dispatch_id IS NOT NULL AND m.available_at <= now()

@@ -17,6 +17,7 @@ import psycopg
 
 from service.core import maintenance
 from service.core.context import Core
+from workers import metrics
 
 logger = logging.getLogger("wmq.maintenance.rescuer")
 
@@ -28,8 +29,12 @@ def run(core: Core, conn: psycopg.Connection[Any], *, judge: bool = True) -> int
             logger.warning("whatsapp session of a dead worker released", extra={"instance_id": str(row["id"])})
     rescued = maintenance.rescue(core, conn, judge=judge)
     for row in rescued:
+        again = row["to_status"] != "discarded"
+        metrics.RESCUED.labels("again" if again else "discarded").inc()
+        if again and row["from_status"] == "sending":  # it may have reached WhatsApp: a resend
+            metrics.RESENT.inc()
         logger.warning("message of a dead worker rescued", extra={
             "zaap_id": row["zaap_id"], "instance_id": str(row["instance_id"]), "sequence": row["sequence"],
-            "from_status": row["from_status"], "to_status": row["to_status"],
+            "from_status": row["from_status"], "status": row["to_status"],
         })
     return len(rescued)

@@ -14,6 +14,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from service.api import metrics
 from service.api.dashboard import login
 from service.api.endpoints import call, core, iso, qr_png, session_action, transport_control
 from service.api.templating import TEMPLATES
@@ -217,6 +218,7 @@ async def resume(request: Request) -> str:
 @action
 async def cancel_all(request: Request) -> str:
     count = await call(control.cancel_all, core(request), instance_id(request))
+    metrics.CANCELLED.inc(count)
     return f"{count} message(s) cancelled."
 
 
@@ -232,6 +234,7 @@ async def reconnect(request: Request) -> str:
 async def cancel_message(request: Request) -> str:
     zaap_id = request.path_params["zaap_id"]
     previous = await call(control.cancel, core(request), zaap_id)
+    metrics.CANCELLED.inc()
     return f"Message {zaap_id} cancelled (it was {previous})."
 
 

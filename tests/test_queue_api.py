@@ -3,6 +3,8 @@ pause and resume, health, and the seed's SQL views."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tests.stack import ADMIN_TOKEN, Stack, wait_until
 
 
@@ -13,12 +15,15 @@ def test_queue_listing_and_message_detail(stack: Stack) -> None:
     later = [stack.send_text(instance, f"later {n}", delayMessage=3600) for n in range(3)]
     stack.wait_completed([first["zaapId"]], timeout=30)
 
-    page = stack.http.get(f"{base}/queue", params={"limit": 2, "offset": 1}).json()
+    page = stack.http.get(f"{base}/queue", params={"limit": 2, "offset": 1, "status": "all"}).json()
     assert page["total"] == 4
     assert [m["zaapId"] for m in page["messages"]] == [later[0]["zaapId"], later[1]["zaapId"]]
-    pending = stack.http.get(f"{base}/queue", params={"status": "pending"}).json()
+    pending = stack.http.get(f"{base}/queue").json()  # the queue: what is still to send
     assert [m["zaapId"] for m in pending["messages"]] == [m["zaapId"] for m in later]
-    assert pending["total"] == 3
+    assert pending["total"] == pending["size"] == 3
+    assert stack.http.get(f"{base}/queue", params={"status": "pending"}).json()["messages"] == pending["messages"]
+    refused = stack.http.get(f"{base}/queue", params={"status": "sent"})
+    assert refused.status_code == 400 and refused.json()["field"] == "status"
 
     done = stack.http.get(f"{base}/queue/{first['zaapId']}").json()
     assert done["status"] == "completed" and done["position"] is None
@@ -186,3 +191,34 @@ def test_an_instance_over_its_cap_per_minute_is_told_when_to_retry(stack: Stack)
     assert stack.send_text(capped, "m4", delayMessage=3600)["sequence"] == 4
     bad = stack.http.post("/instances", json={"maxMessagesPerMinute": 0}, headers=admin)
     assert (bad.status_code, bad.json()["field"]) == (400, "maxMessagesPerMinute")
+
+
+def test_z_api_queue_answers_and_cursor_paging(stack: Stack) -> None:
+    """Z-API's queue answer keys beside ours, and its cursor paging (`POST queue`)."""
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    ids = [stack.send_text(instance, f"m{n}", delayMessage=3600, delayTyping=2)["zaapId"] for n in range(5)]
+    first = stack.http.get(f"{base}/queue", params={"page": 1, "pageSize": 100}).json()
+    assert first["size"] == 5
+    entry = first["messages"][0]
+    assert {k: entry[k] for k in ("_id", "ZaapId", "MessageId", "InstanceId", "Phone", "Message", "DelayMessage",
+                                  "DelayTyping", "IsTrial")} == {
+        "_id": ids[0], "ZaapId": ids[0], "MessageId": ids[0], "InstanceId": instance["id"], "Phone": "5511999999999",
+        "Message": "m0", "DelayMessage": 3600, "DelayTyping": 2, "IsTrial": False}
+    assert abs(entry["Created"] / 1000 - datetime.fromisoformat(entry["enqueuedAt"]).timestamp()) < 0.01
+
+    seen, state, answers = [], None, 0
+    while True:
+        page = stack.http.post(f"{base}/queue", json={"pageSize": 2, "pagingState": state}).json()
+        seen += [m["ZaapId"] for m in page["messages"]]
+        answers += 1
+        if not page["hasMore"]:
+            assert page["pagingState"] is None
+            break
+        state = page["pagingState"]
+    assert seen == ids and answers == 3
+    assert stack.http.post(f"{base}/queue").json()["messages"][0]["ZaapId"] == ids[0]  # no body: the first 20
+    for body, field in (({"pageSize": 0}, "pageSize"), ({"pagingState": "not-ours"}, "pagingState"),
+                        ({"pageSize": "2"}, "pageSize")):
+        answer = stack.http.post(f"{base}/queue", json=body)
+        assert answer.status_code == 400 and answer.json()["field"] == field, body

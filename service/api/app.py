@@ -48,6 +48,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         # One send route per message type that has one (service/core/message_types.py).
         *(Route(f"{INSTANCE}/{t.route}", e.send_route(t), methods=["POST"]) for t in TYPES.values()),
         Route(f"{INSTANCE}/queue", e.list_queue, methods=["GET"]),
+        Route(f"{INSTANCE}/queue", e.queue_cursor, methods=["POST"]),
         Route(f"{INSTANCE}/queue", e.cancel_queue, methods=["DELETE"]),
         Route(f"{INSTANCE}/queue/stats", e.queue_stats, methods=["GET"]),
         Route(f"{INSTANCE}/queue/count", e.queue_count, methods=["GET"]),

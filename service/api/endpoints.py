@@ -200,15 +200,41 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
 # -- the queue --------------------------------------------------------------------------------
 
 
+def queue_entry(job: QueuedMessage) -> dict[str, Any]:
+    """A message as the queue routes list it: ours, and the keys of Z-API's queue answer."""
+    text = job.payload.get("message") or job.payload.get("caption") or job.payload.get("title") or ""
+    return {
+        **message_json(job),
+        "_id": job.zaap_id, "ZaapId": job.zaap_id, "MessageId": job.whatsapp_message_id or job.zaap_id,
+        "InstanceId": str(job.instance_id), "Phone": job.phone, "Message": text if isinstance(text, str) else "",
+        "DelayMessage": job.delay_message_ms // 1000, "DelayTyping": job.delay_typing_ms // 1000,
+        "Created": int(job.enqueued_at.timestamp() * 1000), "CreatedAt": iso(job.enqueued_at), "IsTrial": False,
+    }
+
+
 async def list_queue(request: Request) -> Response:
+    """The instance's messages in sequence order: by default those still to send (Z-API's
+    queue); `?status=all` or one status for the others still retained."""
     instance = await authenticated(request)
     limit, offset = schemas.page(request.query_params)
-    status = request.query_params.get("status")
+    status = schemas.queue_filter(request.query_params)
     jobs, total = await call(reads.queue_page, core(request), instance.id, limit, offset, status)
     return JSONResponse({
-        "total": total, "limit": limit, "offset": offset, "page": offset // limit + 1, "pageSize": limit,
-        "messages": [message_json(j) for j in jobs],
+        "size": total, "total": total, "limit": limit, "offset": offset, "page": offset // limit + 1,
+        "pageSize": limit, "messages": [queue_entry(j) for j in jobs],
     })
+
+
+async def queue_cursor(request: Request) -> Response:
+    """Z-API's `POST queue`: the messages still to send, `pageSize` at a time, each answer's
+    `pagingState` fetching the next page while `hasMore`."""
+    instance = await authenticated(request)
+    raw = await request.body()
+    size, after = schemas.cursor_page(schemas.parse_json_object(raw) if raw.strip() else {})
+    jobs = await call(reads.pending_after, core(request), instance.id, after, size + 1)
+    more = len(jobs) > size
+    return JSONResponse({"messages": [queue_entry(j) for j in jobs[:size]], "hasMore": more,
+                         "pagingState": schemas.paging_state(jobs[size - 1].sequence) if more else None})
 
 
 async def queue_count(request: Request) -> Response:

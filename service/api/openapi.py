@@ -119,9 +119,16 @@ def _routes() -> dict[str, dict[str, Any]]:
         "/instances/{instance}/rotate-token": {"post": _op("a new token for the instance", admin=True,
                                                            statuses=(401, 404))},
         f"{INSTANCE}/queue": {
-            "get": _op("the instance's messages in order", answer={"$ref": "#/components/schemas/QueuePage"},
+            "get": _op("the instance's messages in order: those still to send (status=pending, the default), "
+                       "status=all, or one status", answer={"$ref": "#/components/schemas/QueuePage"},
                        params=[_query("limit"), _query("offset"), _query("page"), _query("pageSize"),
                                _query("status", "string")]),
+            "post": _op("Z-API's cursor paging of the messages still to send",
+                        answer={"$ref": "#/components/schemas/QueueCursorPage"},
+                        body={"type": "object", "properties": {
+                            "pageSize": {"type": "integer", "minimum": 1, "maximum": 500},
+                            "pagingState": {"type": ["string", "null"],
+                                            "description": "the pagingState of the previous answer"}}}),
             "delete": _op("cancel every message still to send"),
         },
         f"{INSTANCE}/queue/count": {"get": _op("how many messages are still to send")},
@@ -191,8 +198,19 @@ def document() -> dict[str, Any]:
                     "messageType": {"type": "string"}, "phone": {"type": "string"}, "content": {"type": "object"},
                     "attempts": {"type": "integer"}, "lastError": {"type": ["string", "null"]}}},
                 "QueuePage": {"type": "object", "properties": {
-                    "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
-                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}}}},
+                    "size": {"type": "integer"}, "total": {"type": "integer"}, "limit": {"type": "integer"},
+                    "offset": {"type": "integer"}, "page": {"type": "integer"}, "pageSize": {"type": "integer"},
+                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/QueueEntry"}}}},
+                "QueueCursorPage": {"type": "object", "properties": {
+                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/QueueEntry"}},
+                    "hasMore": {"type": "boolean"}, "pagingState": {"type": ["string", "null"]}}},
+                "QueueEntry": {"type": "object", "description": "a Message, with the keys of Z-API's queue answer",
+                               "allOf": [{"$ref": "#/components/schemas/Message"}], "properties": {
+                    "_id": {"type": "string"}, "ZaapId": {"type": "string"}, "MessageId": {"type": "string"},
+                    "InstanceId": {"type": "string"}, "Phone": {"type": "string"}, "Message": {"type": "string"},
+                    "DelayMessage": {"type": "integer"}, "DelayTyping": {"type": "integer"},
+                    "Created": {"type": "integer", "description": "epoch milliseconds"},
+                    "CreatedAt": {"type": "string"}, "IsTrial": {"type": "boolean"}}},
             },
         },
     }

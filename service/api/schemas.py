@@ -5,6 +5,8 @@ Delays are seconds, as in Z-API (fractions allowed); `delayMessage` has no upper
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -13,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.core.message_types import Field, MessageType
-from service.core.models import MessageRequest
+from service.core.models import PENDING_STATUSES, MessageRequest
 
 #: delayTyping is a presence shown before one message: minutes at most make sense.
 MAX_DELAY_TYPING_SECONDS = 600
@@ -255,6 +257,41 @@ def optional_text(data: dict[str, Any], name: str, max_length: int = 200) -> str
     if not isinstance(value, str) or len(value) > max_length:
         raise ValidationError(name, f"{name} must be a string of at most {max_length} characters")
     return value
+
+
+#: What `GET queue?status=` accepts: `pending` (the default: what is still to send, as Z-API's
+#: queue), `all` (every message still retained), or one status as the queue shows it.
+QUEUE_FILTERS = ("pending", "all", *PENDING_STATUSES, "completed", "cancelled", "discarded")
+
+
+def queue_filter(params: Any) -> str | None:
+    """The status to list (None: all of them)."""
+    status = params.get("status", "pending")
+    if status not in QUEUE_FILTERS:
+        raise ValidationError("status", f"status must be one of {', '.join(QUEUE_FILTERS)}")
+    return None if status == "all" else str(status)
+
+
+def cursor_page(data: dict[str, Any]) -> tuple[int, int]:
+    """Z-API's cursor paging (`POST queue`): `pageSize` (1–500, default 20) and the opaque
+    `pagingState` of the previous answer, as (size, the sequence to list after)."""
+    size = data.get("pageSize", 20)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 500:
+        raise ValidationError("pageSize", "pageSize must be an integer between 1 and 500")
+    state = data.get("pagingState")
+    if state is None or state == "":
+        return size, 0
+    try:
+        after = int(base64.urlsafe_b64decode(str(state).encode("ascii")).decode("ascii").removeprefix("after:"))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise ValidationError("pagingState", "pagingState must be the value a previous answer gave") from None
+    if not 0 <= after < 2**63:
+        raise ValidationError("pagingState", "pagingState must be the value a previous answer gave")
+    return size, after
+
+
+def paging_state(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{sequence}".encode()).decode()
 
 
 def page(params: Any) -> tuple[int, int]:

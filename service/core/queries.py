@@ -201,6 +201,13 @@ LIST_MESSAGES = f"""
 
 COUNT_MESSAGES = f"SELECT count(*) AS total FROM ({_MESSAGES_OF_INSTANCE}) counted"
 
+# Z-API's cursor paging: the messages still to send after a sequence, in order.
+PENDING_AFTER = f"""
+    SELECT {MESSAGE_COLUMNS} FROM messages m
+     WHERE m.instance_id = %(instance_id)s AND wmq_is_unfinished(m.status) AND m.sequence > %(after)s
+     ORDER BY m.sequence LIMIT %(limit)s
+"""
+
 QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
 
 QUEUE_DEPTH = """

@@ -31,6 +31,12 @@ def queue_page(core: Core, instance_id: UUID, limit: int = 50, offset: int = 0,
     return [QueuedMessage.from_row(r) for r in rows], int(total["total"]) if total else 0
 
 
+def pending_after(core: Core, instance_id: UUID, after: int, limit: int) -> list[QueuedMessage]:
+    """The instance's messages still to send whose sequence follows `after`, in order."""
+    rows = core.all(queries.PENDING_AFTER, instance_id=instance_id, after=after, limit=limit)
+    return [QueuedMessage.from_row(r) for r in rows]
+
+
 def queue_stats(core: Core, instance_id: UUID) -> dict[str, Any]:
     row = core.one(queries.QUEUE_STATS, instance_id=instance_id)
     if row is None:

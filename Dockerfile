@@ -1,12 +1,30 @@
-# One image for every role: `wmq api`, `wmq worker`, `wmq migrate` (see k8s/).
-FROM python:3.11-slim
-WORKDIR /app
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000
+# One image for every role: `wmq api`, `wmq worker`, `wmq migrate` (k8s/, docs/deploy.md).
+#
+#   docker build -t wmq .
+#   docker run --rm -e DATABASE_URL=postgresql://… -p 8000:8000 wmq            # the API
+#   docker run --rm -e DATABASE_URL=postgresql://… wmq wmq worker              # a worker
+#
+# Stage 1 builds wheels of the service and of everything it needs (compilers stay here);
+# stage 2 installs only those wheels on a slim base and runs as an unprivileged user. The SQL,
+# templates and assets are package data: the image holds no source tree.
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir --upgrade pip
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY workers ./workers
-COPY sql ./sql
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 wmq
-USER wmq
-EXPOSE 8000
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    HOST=0.0.0.0 PORT=8000 DATA_DIR=/var/lib/wmq WORKER_METRICS_PORT=9100
+RUN useradd --system --uid 10001 --home-dir /var/lib/wmq --create-home wmq
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels whatsapp-message-queue && rm -rf /wheels
+USER 10001
+WORKDIR /var/lib/wmq
+EXPOSE 8000 9100
+# The API answers /healthz; a worker's heartbeat thread went round lately (`wmq healthcheck`).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["wmq", "healthcheck"]
 CMD ["wmq", "api"]

@@ -4,6 +4,10 @@
     wmq api       the HTTP API alone (containers)
     wmq worker    one worker process alone (containers, `kubectl scale`)
     wmq migrate   apply the SQL migrations and exit
+    wmq healthcheck [api|worker]
+                  exit 0 if this container's process is alive (the image's HEALTHCHECK, the
+                  worker's liveness probe): the API answers /healthz; a worker's heartbeat thread
+                  has gone round lately (even with the database away: an outage is not a death)
 """
 
 from __future__ import annotations
@@ -142,19 +146,51 @@ def cmd_run(settings: Settings) -> int:
     return code
 
 
-COMMANDS = {"run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate}
+def cmd_healthcheck(settings: Settings, role: str | None = None) -> int:
+    """0 if alive. Without a role: the worker's check where a worker has run here, else the API's."""
+    alive = settings.worker_alive_file
+    if role == "worker" or (role is None and alive.exists()):
+        limit = 3 * settings.message_queue_heartbeat_interval + 5
+        try:
+            age = time.time() - alive.stat().st_mtime
+        except OSError:
+            print(f"unhealthy: no heartbeat file at {alive}", file=sys.stderr)
+            return 1
+        if age > limit:
+            print(f"unhealthy: the heartbeat thread last went round {age:.0f}s ago (limit {limit:.0f}s)",
+                  file=sys.stderr)
+            return 1
+        return 0
+    import urllib.request
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{settings.port}/healthz", timeout=5) as answer:
+            return 0 if answer.status == 200 else 1
+    except OSError as error:
+        print(f"unhealthy: {error}", file=sys.stderr)
+        return 1
+
+
+COMMANDS = {"run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate,
+            "healthcheck": cmd_healthcheck}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wmq", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("role", nargs="?", choices=("api", "worker"), help="healthcheck: which process to check")
     args = parser.parse_args(argv)
+    if args.role and args.command != "healthcheck":
+        parser.error("only healthcheck takes a role")
     try:
         settings = get_settings()
     except Exception as error:  # a bad setting is refused at start, with the reason
         print(f"wmq: invalid settings: {error}", file=sys.stderr)
         return 2
+    if args.command == "healthcheck":  # quiet, quick, and creates nothing
+        return cmd_healthcheck(settings, args.role)
     configure_logging(settings.log_level)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     return COMMANDS[args.command](settings)

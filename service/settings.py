@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     #: (or it is not connected with messages to send), and lists it first.
     dashboard_stuck_after: Duration = 120.0
 
+    @property
+    def worker_alive_file(self) -> Path:
+        """Touched by a worker's heartbeat thread every round (`wmq healthcheck worker`)."""
+        return self.data_dir / "worker-alive"
+
     @model_validator(mode="after")
     def _validate(self) -> Settings:
         if self.message_queue_worker_max_workers != 1:

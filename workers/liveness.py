@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -31,12 +32,16 @@ RETRY_SECONDS = 0.5
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, database_url: str, worker_id: UUID, *, interval: float, ttl: float) -> None:
+    def __init__(self, database_url: str, worker_id: UUID, *, interval: float, ttl: float,
+                 alive_file: Path | None = None) -> None:
         super().__init__(name="wmq-heartbeat", daemon=True)
         self.database_url = database_url
         self.worker_id = worker_id
         self.interval = interval
         self.ttl = ttl
+        #: Touched on every round, whether the database answered or not (an outage is not a
+        #: death): what `wmq healthcheck worker`, the container's liveness check, reads.
+        self.alive_file = alive_file
         self._stopping = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._last_ok: float | None = None
@@ -76,7 +81,17 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            self._stopping.wait(self.interval if self.beat() else RETRY_SECONDS)
+            beaten = self.beat()
+            self._touch()
+            self._stopping.wait(self.interval if beaten else RETRY_SECONDS)
+
+    def _touch(self) -> None:
+        if self.alive_file is None:
+            return
+        try:
+            self.alive_file.touch()
+        except OSError:
+            logger.warning("could not touch the liveness file", extra={"path": str(self.alive_file)})
 
     def stop(self) -> None:
         self._stopping.set()

@@ -53,7 +53,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     dramatiq.set_broker(broker)
     worker_id = UUID(broker.worker_id)
     heartbeat = Heartbeat(database_url, worker_id, interval=settings.message_queue_heartbeat_interval,
-                          ttl=settings.message_queue_heartbeat_ttl)
+                          ttl=settings.message_queue_heartbeat_ttl, alive_file=settings.worker_alive_file)
 
     wiring = Wiring(
         pool=pool, settings=settings, database_url=database_url, worker_id=worker_id,

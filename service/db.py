@@ -1,5 +1,5 @@
 """Database plumbing: the connection pool, the embedded PostgreSQL, and the migrations runner
-(`sql/migrations/`, then the definitions of `sql/functions/`)."""
+(`service/sql/migrations/`, then the definitions of `service/sql/functions/`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from psycopg_pool.base import AttemptWithBackoff
 
 logger = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 #: Arbitrary constant: the advisory lock that serialises migrations across processes.
 MIGRATION_LOCK_ID = 7_311_002_001
 
@@ -153,7 +153,7 @@ END
 $$;
 """
 
-#: The definitions' version (sql/functions/VERSION): raised with every change to sql/functions/.
+#: The definitions' version (service/sql/functions/VERSION): raised with every change to service/sql/functions/.
 #: A process never applies definitions older than the ones the database holds: during a rolling
 #: update an old pod that restarts must not put old functions back under the new pods.
 VERSION_ROW = "VERSION"
@@ -166,8 +166,8 @@ def definitions_version() -> int:
 def migrate(url: str) -> list[str]:
     """Bring the database up to date; returns what this call applied.
 
-    First the pending `sql/migrations/NNN_*.sql` (tables), each in its own transaction, in order;
-    then, if any file of `sql/functions/` changed since it was last applied (a checksum per
+    First the pending `service/sql/migrations/NNN_*.sql` (tables), each in its own transaction, in order;
+    then, if any file of `service/sql/functions/` changed since it was last applied (a checksum per
     file), every definition anew in one transaction (Flyway's "repeatable" migrations). Whichever
     process comes first does it under an advisory lock; the others wait and then find nothing
     left to do.

@@ -18,6 +18,8 @@ from tests.stack import ROOT
         ("drain.py", ["--instances", "2", "--per-instance", "3", "--hot", "2"], "| kept |"),
         ("enqueue.py", ["--seconds", "1", "--clients", "2", "--instances", "2"], "pgbench"),
         ("lateness.py", ["--instances", "2", "--spread", "1"], "| 1s | on |"),
+        ("observed.py", ["--rounds", "1", "--instances", "2", "--per-instance", "3", "--cost-requests", "2"],
+         "| heavy (each every 1 s) |"),
         ("idle.py", ["--instances", "5", "--idle", "1"], "| 5 | 5 | 0 |"),
         ("growth.py", ["--sizes", "2,3", "--messages", "6", "--hot", "4", "--seconds", "1", "--spread", "1",
                        "--plot", "{tmp}/growth.png"], "| 3 |"),

@@ -13,7 +13,7 @@ One module per concept, each a few plain functions over a `Core` (the pool and t
 - `message_types`: the message-type table (one entry per type).
 - `context` (`Core`), `models` (what goes in and out), `errors` (what can go wrong, by kind).
 - `queries`: every SQL statement the Python side runs; the state machine itself is
-  `sql/functions/` (docs/architecture.md).
+  `service/sql/functions/` (docs/architecture.md).
 """
 
 from service.core.context import Core

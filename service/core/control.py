@@ -1,5 +1,5 @@
 """Control from the API: cancel one message or a whole queue, pause and resume an instance, and
-record connection changes. Each is one SQL function (sql/functions/50_control.sql) that takes
+record connection changes. Each is one SQL function (service/sql/functions/50_control.sql) that takes
 the instance lock and dispatches whatever becomes the head."""
 
 from __future__ import annotations

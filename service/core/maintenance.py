@@ -1,4 +1,4 @@
-"""The maintenance leader's tasks (sql/functions/60_maintenance.sql), each run on a connection
+"""The maintenance leader's tasks (service/sql/functions/60_maintenance.sql), each run on a connection
 whose transaction holds the maintenance lock (workers/maintenance/loop.py takes it)."""
 
 from __future__ import annotations

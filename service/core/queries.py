@@ -1,6 +1,6 @@
 """Every statement of the queue the Python side runs, in one place.
 
-The state machine itself is `sql/functions/`; these statements call it and read the tables.
+The state machine itself is `service/sql/functions/`; these statements call it and read the tables.
 Parameters are named (`%(name)s`). The broker's own statements are in workers/broker.py; a
 transport's tables (the simulator's record, the WhatsApp session store) are queried by that
 transport's module alone.
@@ -46,7 +46,7 @@ DELETE_INSTANCE = "SELECT wmq_remove_instance(%(id)s, %(force)s) AS pending"
 
 SET_PAUSED = "SELECT wmq_set_paused(%(id)s, %(paused)s, %(queue)s, %(actor)s) AS ok"
 
-# --- enqueue and the worker's transitions (sql/functions/30_dispatch.sql, 40_transitions.sql) --
+# --- enqueue and the worker's transitions (service/sql/functions/30_dispatch.sql, 40_transitions.sql) --
 
 ENQUEUE_ONCE = """
     SELECT * FROM wmq_enqueue_once(
@@ -103,7 +103,7 @@ SET_CONNECTION = """
     SELECT wmq_set_connection(%(instance_id)s, %(state)s, %(detail)s, %(queue)s, %(actor)s) AS ok
 """
 
-# --- routing (sql/functions/20_routing.sql) ---------------------------------------------------
+# --- routing (service/sql/functions/20_routing.sql) ---------------------------------------------------
 
 QUEUES = "SELECT queue_name, session_bound FROM wmq_queues(%(queue)s)"
 
@@ -222,7 +222,7 @@ MESSAGE_EVENTS = """
 """
 
 
-# --- webhooks (sql/functions/70_webhooks.sql; service/core/webhooks.py) ------------------------
+# --- webhooks (service/sql/functions/70_webhooks.sql; service/core/webhooks.py) ------------------------
 
 WEBHOOK_SETTINGS = "SELECT * FROM instance_webhooks WHERE instance_id = %(instance_id)s"
 

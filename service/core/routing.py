@@ -1,7 +1,7 @@
 """Where dispatches go: the broker queue of an instance and the actor that runs them.
 
 Which queue serves which instance is decided by the database, from data (the `transports`
-table: sql/functions/20_routing.sql). Python passes the base queue name and the actor names,
+table: service/sql/functions/20_routing.sql). Python passes the base queue name and the actor names,
 and asks the database which queues exist (`queues`), so no name is worked out twice.
 """
 

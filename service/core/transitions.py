@@ -1,4 +1,4 @@
-"""What a worker does to a message (sql/functions/40_transitions.sql): claim it (I4), show the
+"""What a worker does to a message (service/sql/functions/40_transitions.sql): claim it (I4), show the
 typing, record the send, a failure or a snooze. Each returns whether the message was still this
 worker's: a transition never touches a message another worker or the rescuer has taken."""
 

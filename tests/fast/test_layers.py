@@ -44,7 +44,8 @@ def test_a_layer_imports_nothing_it_must_not_know(package: str) -> None:
 
 def test_no_core_sql_names_a_transport() -> None:
     """Routing is data (the `transports` table): the core's SQL and statements name no transport."""
-    core_sql = [*sorted((ROOT / "sql" / "functions").glob("*.sql")), ROOT / "service" / "core" / "queries.py"]
+    core_sql = [*sorted((ROOT / "service" / "sql" / "functions").glob("*.sql")),
+                ROOT / "service" / "core" / "queries.py"]
     for path in core_sql:
         text = path.read_text()
         for name in ("'neonize'", "'simulator'", "simulator_", "whatsmeow"):

@@ -1,4 +1,4 @@
-"""The maintenance tasks (workers/maintenance/, sql/functions/60_maintenance.sql), each run as the
+"""The maintenance tasks (workers/maintenance/, service/sql/functions/60_maintenance.sql), each run as the
 maintenance loop runs it: in a transaction that holds the leader lock (`run_as_leader`). Worker
 liveness is a dramatiq.worker heartbeat, fresh or an hour old."""
 

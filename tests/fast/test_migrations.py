@@ -1,5 +1,5 @@
 """The schema: numbered table migrations plus the one current text of every function and view
-(sql/functions/), re-applied when it changes. An upgraded database must end up exactly like a
+(service/sql/functions/), re-applied when it changes. An upgraded database must end up exactly like a
 new one, with its messages intact and its queue still flowing."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def restore(url: str, dump: Path) -> None:
 
 
 def test_every_function_has_one_current_definition() -> None:
-    """A reader finds each function, trigger and view in exactly one file of sql/functions/,
+    """A reader finds each function, trigger and view in exactly one file of service/sql/functions/,
     and no migration defines one."""
     import re
 

@@ -1,4 +1,4 @@
-"""The state machine (sql/functions/30_dispatch.sql, 40_transitions.sql, 50_control.sql), one
+"""The state machine (service/sql/functions/30_dispatch.sql, 40_transitions.sql, 50_control.sql), one
 promise per test, called directly: no API, no worker. The broker is only its table: a dispatch
 is a row of dramatiq.queue, and a claim names the dispatch id the consumed broker message carried."""
 
@@ -280,7 +280,7 @@ def test_the_typing_path_and_a_cancel_are_recorded_too(core: Core) -> None:
     ]
 
 
-# --- routing (sql/functions/20_routing.sql) ---------------------------------------------------
+# --- routing (service/sql/functions/20_routing.sql) ---------------------------------------------------
 
 
 def test_a_session_bound_instance_is_dispatched_to_the_sessions_queue(core: Core) -> None:

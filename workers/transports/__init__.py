@@ -1,6 +1,6 @@
 """WhatsApp transports: the table of them, and the router that sends each instance's calls to
 the transport it was created with. A new transport is a module and an entry in `TRANSPORTS`
-(plus its row in the `transports` table, by a migration: sql/migrations/007_transports.sql).
+(plus its row in the `transports` table, by a migration: service/sql/migrations/007_transports.sql).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 -- whose transport is session-bound (a live WhatsApp connection held by one worker process) is
 -- served from `<queue>-sessions`, which only the process holding the sessions consumes; every
 -- other instance from `<queue>`. Which transports are session-bound is data: the `transports`
--- table (sql/migrations/007_transports.sql).
+-- table (service/sql/migrations/007_transports.sql).
 
 CREATE FUNCTION wmq_queue_name(p_queue text, p_session_bound boolean) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

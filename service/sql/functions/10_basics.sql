@@ -1,9 +1,9 @@
 -- Helpers every other definition uses: what "unfinished" means, milliseconds as intervals, the
 -- reason carried into the history, the instance lock (I1), and worker liveness.
 --
--- Every file in sql/functions/ is re-applied, in name order, whenever any of them changes
+-- Every file in service/sql/functions/ is re-applied, in name order, whenever any of them changes
 -- (service/db.py `migrate`): edit a definition here, never in a migration, and raise the number
--- in sql/functions/VERSION with every change (a process never applies older definitions).
+-- in service/sql/functions/VERSION with every change (a process never applies older definitions).
 -- The service owns the names wmq_* (and get_next_message_sequence) and v_* in schema public.
 
 -- The statuses that keep a message in its instance's queue (it blocks every later one).

@@ -200,3 +200,7 @@ def test_actions_refuse_other_sites_and_pages_show_nothing_without_a_login(stack
     listed = anonymous.get("/dashboard", headers=bearer)
     assert listed.status_code == 200 and "Loja Leste" in listed.text
     assert "default-src 'self'" in listed.headers["content-security-policy"]
+    stack.create_instance(name="Loja Oeste")
+    found = anonymous.get("/dashboard", params={"q": "leste"}, headers=bearer).text
+    assert "Loja Leste" in found and "Loja Oeste" not in found
+    assert "Loja Oeste" in anonymous.get("/dashboard", params={"q": "OESTE"}, headers=bearer).text

@@ -197,6 +197,11 @@ def test_actions_refuse_other_sites_and_pages_show_nothing_without_a_login(stack
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert anonymous.post(f"/dashboard/instances/{shop['id']}/resume", headers=bearer).status_code == 303
     assert not paused(stack, shop)
+    for missing in ("/dashboard/instances/not-a-uuid", f"/dashboard/instances/{shop['token']}",
+                    "/dashboard/messages/" + "0" * 32):
+        assert anonymous.get(missing, headers=bearer).status_code == 404, missing
+    no_pairing = anonymous.get(f"/dashboard/instances/{shop['id']}/qr", headers=bearer)
+    assert no_pairing.status_code == 409 and "need no pairing" in no_pairing.text
     listed = anonymous.get("/dashboard", headers=bearer)
     assert listed.status_code == 200 and "Loja Leste" in listed.text
     assert "default-src 'self'" in listed.headers["content-security-policy"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
 from uuid import UUID
@@ -33,12 +32,10 @@ SECURITY_HEADERS = {
 }
 
 
-
-
-def render(request: Request, template: str, csrf: str, **context: Any) -> Response:
+def render(request: Request, template: str, csrf: str, status: int = 200, **context: Any) -> Response:
     flash = request.cookies.get(FLASH)
     response = TEMPLATES.TemplateResponse(request, template, {
-        "csrf": csrf, "flash": flash, "now": datetime.now(UTC), **context})
+        "csrf": csrf, "flash": flash, **context}, status_code=status)
     if flash:
         response.delete_cookie(FLASH, path=PREFIX)
     response.headers.update(SECURITY_HEADERS)
@@ -155,7 +152,7 @@ async def instance_page(request: Request, csrf: str) -> Response:
         iid = instance_id(request)
         summary = await call(overview.instance, core(request), iid)
     except CoreError:
-        return render(request, "missing.html", csrf, what="instance")
+        return render(request, "missing.html", csrf, 404, what="instance")
     pending, total = await call(reads.queue_page, core(request), iid, 200, 0, "pending")
     finished = await call(overview.recent_finished, core(request), iid)
     session_bound = transport_control(request, summary["transport"]) is None
@@ -170,9 +167,16 @@ async def qr_page(request: Request, csrf: str) -> Response:
     try:
         iid = instance_id(request)
         summary = await call(overview.instance, core(request), iid)
+        if transport_control(request, summary["transport"]) is not None:
+            return render(request, "missing.html", csrf, 409,
+                          what=f"QR code ({summary['transport']} instances need no pairing)")
+        if summary["connection_state"] == "connected":
+            return render(request, "missing.html", csrf, 409, what="QR code (the instance is already connected)")
         status = await call(sessions.request_qr, core(request), iid)
-    except CoreError as error:
-        return render(request, "missing.html", csrf, what=f"QR code ({error or 'no such instance'})")
+    except InstanceNotFound:
+        return render(request, "missing.html", csrf, 404, what="instance")
+    except CoreError as error:  # connected already, or no worker holds its session: say so
+        return render(request, "missing.html", csrf, 409, what=f"QR code ({error})")
     image = "data:image/png;base64," + base64.b64encode(qr_png(status["qr_code"])).decode()
     return render(request, "qr.html", csrf, i=summary, image=image, updated=status["qr_updated_at"])
 
@@ -182,7 +186,7 @@ async def message_page(request: Request, csrf: str) -> Response:
     try:
         job = await call(reads.message, core(request), request.path_params["zaap_id"], with_events=True)
     except CoreError:
-        return render(request, "missing.html", csrf, what="message")
+        return render(request, "missing.html", csrf, 404, what="message")
     payload = str(job.payload)
     return render(request, "message.html", csrf, m=job,
                   payload=payload if len(payload) <= 2000 else payload[:2000] + " … (cut)")

@@ -25,7 +25,8 @@ from harness import Stack, print_table, workdir
 from tests.outage import Database  # importable once harness has put the repository on the path
 
 ENV = {"MESSAGE_QUEUE_HEARTBEAT_TTL": "8s", "MESSAGE_QUEUE_HEARTBEAT_INTERVAL": "2s",
-       "MESSAGE_QUEUE_MAINTENANCE_INTERVAL": "2s", "MESSAGE_QUEUE_JOB_TIMEOUT": "5s", "LOG_LEVEL": "WARNING"}
+       "MESSAGE_QUEUE_LEASE_INTERVAL": "1s", "MESSAGE_QUEUE_MAINTENANCE_INTERVAL": "2s",
+       "MESSAGE_QUEUE_JOB_TIMEOUT": "5s", "LOG_LEVEL": "WARNING"}
 
 
 def sender(base: str, instance: dict[str, Any], count: int, accepted: list[str], refused: list[int]) -> None:

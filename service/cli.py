@@ -71,7 +71,7 @@ def cmd_api(settings: Settings) -> int:
     if not settings.admin_token:
         settings = settings.model_copy(update={"admin_token": admin_token(settings)})
     # The composition root: the API reaches the simulator's knobs through this, not an import.
-    app = create_app(settings, url, controls={"simulator": SimulatorControl})
+    app = create_app(settings, url, controls={"simulator": SimulatorControl, "simulator-session": SimulatorControl})
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=10)
     return 0

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     message_queue_heartbeat_interval: Duration = 15.0
     message_queue_heartbeat_ttl: Duration = 60.0
     message_queue_maintenance_interval: Duration = 30.0
+    #: How often each worker renews, balances and takes its WhatsApp session leases (their
+    #: TTL is MESSAGE_QUEUE_HEARTBEAT_TTL): how soon sessions move after a `kubectl scale`.
+    message_queue_lease_interval: Duration = 2.0
     #: Notify a queue the moment its next delayed message falls due (workers/waker.py), so
     #: delayed messages are not up to a poll interval late.
     message_queue_due_wakeup: bool = True
@@ -148,6 +151,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MESSAGE_QUEUE_HEARTBEAT_INTERVAL must be shorter than MESSAGE_QUEUE_HEARTBEAT_TTL"
             )
+        if not 0 < self.message_queue_lease_interval < self.message_queue_heartbeat_ttl / 4:
+            raise ValueError(
+                "MESSAGE_QUEUE_LEASE_INTERVAL must be positive and under a quarter of MESSAGE_QUEUE_HEARTBEAT_TTL, "
+                "so a live worker renews its session leases well before they expire"
+            )
         if self.message_queue_job_timeout >= self.message_queue_heartbeat_ttl:
             raise ValueError(
                 "MESSAGE_QUEUE_JOB_TIMEOUT must be shorter than MESSAGE_QUEUE_HEARTBEAT_TTL, so a "
@@ -155,8 +163,9 @@ class Settings(BaseSettings):
             )
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.whatsapp_store_schema):
             raise ValueError("WHATSAPP_STORE_SCHEMA must be a plain lower-case SQL identifier")
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.message_queue_name):
-            raise ValueError("MESSAGE_QUEUE_NAME may hold letters, digits, '_' and '-' only")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,30}", self.message_queue_name):
+            raise ValueError("MESSAGE_QUEUE_NAME may hold letters, digits, '_' and '-' only, at most 30 of them "
+                             "(its workers' queues must name NOTIFY channels within PostgreSQL's 63 bytes)")
         return self
 
 

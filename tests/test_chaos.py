@@ -1,9 +1,11 @@
 """Chaos: a steady stream over many instances with three workers and the API, while, in turn,
 a worker is SIGKILLed and restarted, PostgreSQL is stopped for less and for more than the
-heartbeat TTL, and a worker is SIGSTOPped past the TTL and resumed. Every accepted message is
-sent, in order; nothing refused is stored; a message is sent twice only if it was in flight in a
-worker that was killed or stood still past the TTL (the documented resend), never because of an
-outage. Seeded: the seed is printed on failure (CHAOS_SEED=… reproduces a run)."""
+heartbeat TTL, and a worker is SIGSTOPped past the TTL and resumed. Most instances are session
+instances (the simulator as a session transport), owned by one worker at a time through leases.
+Every accepted message is sent, in order; nothing refused is stored; a message is sent twice
+only if it was in flight in a worker that was killed or stood still past the TTL (the documented
+resend), never because of an outage; no session instance ever had two owners at once. Seeded:
+the seed is printed on failure (CHAOS_SEED=… reproduces a run)."""
 
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import pytest
 from tests.outage import Database
 from tests.stack import Stack, wait_until
 
-INSTANCES = 12
+INSTANCES = 6
+SESSION_INSTANCES = 60
+BACKLOG = 20
 #: One send every this many seconds, round robin over the instances.
-PACE = 0.06
+PACE = 0.03
 LATENCY_MS = 100
 FLOW = 3.0  # seconds of undisturbed flow between two faults
 
@@ -91,10 +95,16 @@ def test_nothing_lost_reordered_or_sent_twice_through_kills_outages_and_pauses(d
     stack = Stack(database.url, tmp_path / "stack", {})
     try:
         stack.start(workers=3)
-        instances = [stack.create_instance() for _ in range(INSTANCES)]
+        instances = [stack.create_instance() for _ in range(INSTANCES)] + [
+            stack.create_instance(transport="simulator-session") for _ in range(SESSION_INSTANCES)]
         for instance in instances:
             stack.simulate(instance, latencyMs=LATENCY_MS)
         sender = Sender(stack, instances)
+        # A backlog of 20 a session instance, one a second each, goes out through the faults;
+        # the stream comes on top.
+        for instance in instances[INSTANCES:]:
+            for n in range(BACKLOG):
+                sender.accepted[instance["id"]].append(stack.send_text(instance, f"b{n}", delayMessage=1)["zaapId"])
         sender.start()
         may_repeat: set[str] = set()  # in flight in a worker that died or stood still past the TTL
         time.sleep(FLOW)
@@ -144,6 +154,13 @@ def test_nothing_lost_reordered_or_sent_twice_through_kills_outages_and_pauses(d
         report.append(f"sent twice: {sorted(repeated)} (allowed: {sorted(may_repeat)})")
         print("; ".join(report))
         assert set(repeated) <= may_repeat and all(n == 2 for n in repeated.values()), "; ".join(report)
+        two_owners = stack.all("""
+            SELECT a.instance_id FROM session_lease_history a JOIN session_lease_history b
+              ON a.instance_id = b.instance_id AND a.id < b.id
+             WHERE b.acquired_at < COALESCE(a.released_at, 'infinity')""")
+        assert not two_owners, f"instances with two owners at once: {two_owners} ({report})"
+        owners = stack.one("SELECT count(DISTINCT worker_id) AS n FROM session_lease_history")["n"]
+        assert owners >= 3, f"the sessions were spread over the workers ({report})"
     except BaseException:
         print("chaos run: " + "; ".join(report))
         raise

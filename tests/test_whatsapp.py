@@ -297,7 +297,7 @@ def test_one_worker_holds_the_sessions_and_another_takes_over_when_it_dies(make_
     assert all("disconnected" in (e["detail"] or "") for e in stack.history(waiting)
                if e["from_status"] == "sending"), stack.history(waiting)
     assert stack.one("SELECT queue_name FROM dramatiq.queue q JOIN messages m ON m.dispatch_id = q.message_id"
-                     " WHERE m.zaap_id = %s", (waiting,))["queue_name"] == "whatsapp-sessions"
+                     " WHERE m.zaap_id = %s", (waiting,))["queue_name"] == f"whatsapp-s.{first.replace('-', '')[:12]}"
 
     process = stack.worker_process(first)
     process.kill()

@@ -240,6 +240,7 @@ def session_events() -> None:
     core = Core(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0))
     instance = instances.create(core, transport="neonize")
     host = SessionHost(core, database_url, uuid.uuid4())
+    assert instance.id in host.lease_round(judge=True), "the session is this worker's to record"
     seen: list[str] = []
     stopped: list[str] = []
     sessions.stop_client = lambda client: stopped.append(client.uuid.decode())  # type: ignore[assignment]

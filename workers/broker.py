@@ -19,7 +19,6 @@ from dramatiq_postgres.broker import PostgresConsumer
 from dramatiq_postgres.utils import getconn, raise_connection_error
 from psycopg_pool import ConnectionPool
 
-from service.core.routing import BrokerQueue
 from service.settings import Settings
 
 #: The broker's ack, without its NOTIFY on `dramatiq.<queue>.ack`.
@@ -111,8 +110,7 @@ class QueueConsumer(PostgresConsumer):
 class QueueBroker(PostgresBroker):
     """dramatiq-postgres' broker whose per-queue prefetch can change while it runs.
 
-    A prefetch of 0 means the consumer claims nothing: the sessions queue is consumed only by
-    the worker holding the WhatsApp sessions, and a stopping worker claims nothing more."""
+    A prefetch of 0 means the consumer claims nothing: a stopping worker claims nothing more."""
 
     def __init__(self, *, judge: Callable[[], bool] = lambda: True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -137,8 +135,7 @@ class QueueBroker(PostgresBroker):
             return consumer
 
     def set_prefetch(self, queue_name: str, prefetch: int) -> None:
-        """Change a queue's prefetch; once `stop_claiming` ran, only to 0 (a stopping worker that
-        then takes the WhatsApp sessions must not start claiming their messages)."""
+        """Change a queue's prefetch; once `stop_claiming` ran, only to 0."""
         with self._prefetch_lock:
             if not self.claiming:
                 prefetch = 0
@@ -154,11 +151,10 @@ class QueueBroker(PostgresBroker):
 
 
 def build_broker(pool: ConnectionPool, settings: Settings, middleware: list[Middleware],
-                 queues: list[BrokerQueue], judge: Callable[[], bool]) -> QueueBroker:
-    """A broker on our own pool; poll, heartbeat and upkeep intervals from our settings. Every
-    queue is declared; a session-bound one with a prefetch of 0 until this worker holds the
-    sessions (`hold_sessions`)."""
-    broker = QueueBroker(
+                 judge: Callable[[], bool]) -> QueueBroker:
+    """A broker on our own pool; poll, heartbeat and upkeep intervals from our settings. Its
+    queues are declared once its worker id is known (`declare`)."""
+    return QueueBroker(
         judge=judge,
         pool=pool,
         results=False,
@@ -168,15 +164,8 @@ def build_broker(pool: ConnectionPool, settings: Settings, middleware: list[Midd
         heartbeat_ttl=settings.message_queue_heartbeat_ttl,
         maintenance_interval=settings.message_queue_maintenance_interval,
     )
-    for queue in queues:
-        if queue.session_bound:
-            broker.prefetch_limits[queue.name] = 0
-        broker.declare_queue(queue.name)
-    return broker
 
 
-def hold_sessions(broker: QueueBroker, queues: list[BrokerQueue], threads: int, owner: bool) -> None:
-    """Consume the session-bound queues only while this worker holds the WhatsApp sessions."""
+def declare(broker: QueueBroker, queues: list[str]) -> None:
     for queue in queues:
-        if queue.session_bound:
-            broker.set_prefetch(queue.name, threads if owner else 0)
+        broker.declare_queue(queue)

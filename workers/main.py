@@ -22,7 +22,8 @@ from service.db import make_pool
 from service.settings import Settings
 from workers import metrics
 from workers.actors import Deliverer, PresenceSender, declare_actors
-from workers.broker import build_broker, hold_sessions
+from workers.broker import build_broker, declare
+from workers.leases import LeaseKeeper
 from workers.liveness import Heartbeat
 from workers.maintenance import MaintenanceLoop, Task, core_tasks
 from workers.ordering import OrderingMiddleware
@@ -43,22 +44,24 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # thread needs one at a time, plus the transport's.
     pool = make_pool(database_url, max_size=2 * threads + 6, name="wmq-worker")
     core = Core(pool, settings)
-    queues = routing.queues(core)
     heartbeat: Heartbeat | None = None
 
     def may_judge() -> bool:
         return heartbeat is not None and heartbeat.may_judge()
 
-    broker = build_broker(pool, settings, [OrderingMiddleware(core)], queues, judge=may_judge)
+    broker = build_broker(pool, settings, [OrderingMiddleware(core)], judge=may_judge)
     dramatiq.set_broker(broker)
     worker_id = UUID(broker.worker_id)
+    queues = routing.queues(core, worker_id)
+    declare(broker, queues)
     heartbeat = Heartbeat(database_url, worker_id, interval=settings.message_queue_heartbeat_interval,
                           ttl=settings.message_queue_heartbeat_ttl, alive_file=settings.worker_alive_file)
 
+    sessions = SessionHost(core, database_url, worker_id)
+    leases = LeaseKeeper(sessions, interval=settings.message_queue_lease_interval, judge=may_judge)
     wiring = Wiring(
-        pool=pool, settings=settings, database_url=database_url, worker_id=worker_id,
-        sessions=SessionHost(core, database_url, worker_id),
-        on_ownership=lambda owner: hold_sessions(broker, queues, threads, owner),
+        pool=pool, settings=settings, database_url=database_url, worker_id=worker_id, sessions=sessions,
+        on_ownership=lambda owner: None,
     )
     transport = RoutingTransport(wiring, transport_of=lambda instance_id: instances.transport_of(core, instance_id))
     declare_actors(broker, Deliverer(core, transport, worker_id), PresenceSender(transport),
@@ -68,7 +71,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
         for name, spec in TRANSPORTS.items() if spec.maintenance
     ]
     maintenance = MaintenanceLoop(pool, tasks, settings.message_queue_maintenance_interval)
-    waker = DueTimeWaker(database_url, [q.name for q in queues]) if settings.message_queue_due_wakeup else None
+    waker = DueTimeWaker(database_url, queues) if settings.message_queue_due_wakeup else None
     poster = WebhookPoster(core, database_url, threads=settings.webhook_threads, timeout=settings.webhook_timeout,
                            retry_for=settings.webhook_retry_for)
 
@@ -90,6 +93,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     heartbeat.start()
     metrics.serve(settings.worker_metrics_port)
     worker.start()
+    leases.start()
     maintenance.start()
     poster.start()
     if waker is not None:
@@ -101,6 +105,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # Claim nothing more: a stopping worker must not sit on other instances' heads while its
     # last send finishes (consumers keep heartbeating meanwhile).
     broker.stop_claiming()
+    leases.drain()  # renew what it owns while its sends finish; take nothing more
     maintenance.stop()
     poster.stop()
     if waker is not None:
@@ -108,7 +113,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
     # Stops taking messages, lets every message in progress finish and record, puts the
     # claimed-ahead ones back in the broker.
     worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)
-    transport.close()
+    transport.close()  # the WhatsApp connections close before their leases go to other workers
+    leases.stop()
     heartbeat.stop()
     broker.close()
     pool.close()

@@ -107,6 +107,8 @@ SET_CONNECTION = """
 
 QUEUES = "SELECT queue_name, session_bound FROM wmq_queues(%(queue)s)"
 
+SESSION_QUEUE = "SELECT wmq_session_queue(%(queue)s, %(worker_id)s) AS name"
+
 # --- WhatsApp sessions (service/core/sessions.py) ---------------------------------------------
 
 RECORD_WHATSAPP = """
@@ -115,7 +117,7 @@ RECORD_WHATSAPP = """
            qr_updated_at = CASE WHEN %(has_qr)s THEN now() WHEN %(state)s = 'qr' THEN qr_updated_at END,
            whatsapp_jid = CASE WHEN %(has_jid)s THEN %(jid)s ELSE whatsapp_jid END,
            owner_worker_id = %(worker_id)s
-     WHERE id = %(instance_id)s
+     WHERE id = %(instance_id)s AND wmq_lease_ok(id, %(worker_id)s)
     RETURNING id
 """
 
@@ -130,10 +132,19 @@ COMMAND_RESULT = "SELECT done_at, result, error FROM instance_commands WHERE id 
 
 CANCEL_COMMAND = "DELETE FROM instance_commands WHERE id = %(id)s AND done_at IS NULL RETURNING id"
 
-#: One process holds every WhatsApp session: the one holding this session-level lock.
-SESSIONS_LOCK = "SELECT pg_try_advisory_lock(hashtext('wmq.whatsapp-sessions'))"
+# A worker's round of session leases (service/sql/functions/25_leases.sql): the instances it owns.
+LEASE_ROUND = """
+    SELECT * FROM wmq_lease_round(%(worker_id)s, %(ttl_s)s, %(heartbeat_ttl_s)s, %(judge)s, %(resend)s,
+                                  %(acquire)s, %(stopping)s, %(queue)s, %(actor)s)
+"""
 
-SESSION_INSTANCES = "SELECT id, whatsapp_jid FROM instances WHERE transport = %(transport)s"
+LEASE_OK = "SELECT wmq_lease_ok(%(instance_id)s, %(worker_id)s) AS ok"
+
+#: The instances of a transport whose session this worker owns, with their WhatsApp ids.
+SESSION_INSTANCES = """
+    SELECT i.id, i.whatsapp_jid FROM instances i JOIN session_leases l ON l.instance_id = i.id
+     WHERE i.transport = %(transport)s AND l.worker_id = %(worker_id)s AND l.expires_at > now()
+"""
 
 TAKE_COMMANDS = """
     SELECT id, instance_id, command, args FROM instance_commands

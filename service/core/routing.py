@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from service.core import queries
 from service.settings import Settings
@@ -37,13 +38,11 @@ class Route:
         return {"queue": self.queue, "actor": self.actor, "presence_actor": self.presence_actor}
 
 
-@dataclass(frozen=True)
-class BrokerQueue:
-    name: str
-    #: Consumed only by the process holding the WhatsApp sessions.
-    session_bound: bool
-
-
-def queues(core: Core) -> list[BrokerQueue]:
-    """Every broker queue a worker declares."""
-    return [BrokerQueue(r["queue_name"], r["session_bound"]) for r in core.all(queries.QUEUES, queue=core.route.queue)]
+def queues(core: Core, worker_id: UUID) -> list[str]:
+    """The broker queues a worker consumes (service/sql/functions/20_routing.sql): the shared
+    ones, and its own for the session instances it owns. The parking queue of session instances
+    nobody owns is consumed by nobody, so not declared (each consumer holds two connections)."""
+    shared = [r["queue_name"] for r in core.all(queries.QUEUES, queue=core.route.queue) if not r["session_bound"]]
+    own = core.one(queries.SESSION_QUEUE, queue=core.route.queue, worker_id=worker_id)
+    assert own is not None
+    return [*shared, own["name"]]

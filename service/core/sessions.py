@@ -76,55 +76,56 @@ def request_qr(core: Core, instance_id: UUID) -> dict[str, Any]:
 
 
 class SessionHost:
-    """What the process holding WhatsApp sessions needs from the core."""
+    """What a worker holding WhatsApp sessions needs from the core: its session leases (one
+    round at a time, `lease_round`, run by workers/leases.py) and the records of its sessions."""
 
     def __init__(self, core: Core, database_url: str, worker_id: UUID) -> None:
         self.core = core
         self.database_url = database_url
         self.worker_id = worker_id
-        self._lock_conn: psycopg.Connection[Any] | None = None
-        self._held = False
+        #: The instances this worker owned at its last round, by transport.
+        self.owned: dict[UUID, str] = {}
+        self._last_round: float | None = None
 
-    # -- the holder's lock ----------------------------------------------------------------------
+    # -- the leases -----------------------------------------------------------------------------
+
+    def lease_round(self, *, judge: bool, acquire: bool = True, stopping: bool = False) -> dict[UUID, str]:
+        """Renew this worker's leases, give up what exceeds its share (everything when
+        `stopping`), take free ones (expired ones too if `judge`) unless not `acquire`; the
+        instances it owns now."""
+        settings = self.core.settings
+        rows = self.core.all(queries.LEASE_ROUND, worker_id=self.worker_id, ttl_s=settings.message_queue_heartbeat_ttl,
+                             heartbeat_ttl_s=settings.message_queue_heartbeat_ttl, judge=judge,
+                             resend=settings.message_queue_resend_uncertain, acquire=acquire, stopping=stopping,
+                             queue=self.core.route.queue, actor=self.core.route.actor)
+        self.owned = {r["instance_id"]: r["transport"] for r in rows}
+        self._last_round = time.monotonic()
+        return self.owned
 
     def hold(self) -> bool:
-        """Take or keep the sessions lock (a session-level advisory lock on a connection of its
-        own); False while another process holds it. Raises when the connection, and with it the
-        lock, is lost."""
-        if self._lock_conn is None or self._lock_conn.closed:
-            # Keepalives: a lock connection lost to a network failure must be noticed, or two
-            # processes could end up holding the same sessions.
-            self._lock_conn = psycopg.connect(self.database_url, autocommit=True, keepalives=1, keepalives_idle=5,
-                                              keepalives_interval=2, keepalives_count=2, connect_timeout=10)
-            self._held = False
-        if not self._held:
-            row = self._lock_conn.execute(queries.SESSIONS_LOCK).fetchone()
-            self._held = bool(row and row[0])
-        else:
-            self._lock_conn.execute("SELECT 1")  # notice a lost connection (and so a lost lock)
-        return self._held
+        """Whether this worker's leases are current: its last round is younger than half the
+        TTL (older, and its leases may be expiring: its sessions must not act on their own)."""
+        last = self._last_round
+        return last is not None and time.monotonic() - last < self.core.settings.message_queue_heartbeat_ttl / 2
 
     def release(self) -> None:
-        if self._lock_conn is not None:
-            try:
-                self._lock_conn.close()
-            except Exception:
-                pass
-        self._lock_conn = None
-        self._held = False
+        """Nothing to do here: the lease keeper gives the leases up when the worker stops."""
 
     # -- what the holder reads and records ------------------------------------------------------
 
     def instances(self, transport: str) -> dict[UUID, str | None]:
-        """Every instance of `transport`, with its WhatsApp id when paired."""
-        return {r["id"]: r["whatsapp_jid"] for r in self.core.all(queries.SESSION_INSTANCES, transport=transport)}
+        """The instances of `transport` whose session this worker owns, with their WhatsApp ids."""
+        rows = self.core.all(queries.SESSION_INSTANCES, transport=transport, worker_id=self.worker_id)
+        return {r["id"]: r["whatsapp_jid"] for r in rows}
 
     def record(self, instance_id: UUID, state: str, detail: str | None, **extra: Any) -> None:
         """A session's state change: the QR code or WhatsApp id it brought, and the connection
         state (on `connected` a waiting head goes at once)."""
-        self.core.one(queries.RECORD_WHATSAPP, instance_id=instance_id, state=state,
-                      has_qr="qr" in extra, qr=extra.get("qr"), has_jid="jid" in extra, jid=extra.get("jid"),
-                      worker_id=self.worker_id)
+        row = self.core.one(queries.RECORD_WHATSAPP, instance_id=instance_id, state=state,
+                            has_qr="qr" in extra, qr=extra.get("qr"), has_jid="jid" in extra, jid=extra.get("jid"),
+                            worker_id=self.worker_id)
+        if row is None:  # no longer this worker's session (its lease moved): record nothing
+            return
         control.set_connection(self.core, instance_id, state, detail)
 
     def receipt(self, instance_id: UUID, message_ids: list[str], kind: str, at: datetime) -> int:

@@ -101,6 +101,9 @@ def _neonize(wiring: Wiring) -> Transport:
 
 TRANSPORTS: dict[str, TransportSpec] = {
     "simulator": TransportSpec(build=_simulator, maintenance=_simulator_purge),
+    # The simulator as a session transport: its instances are owned through leases like
+    # WhatsApp sessions (one worker at a time), with nothing to connect.
+    "simulator-session": TransportSpec(build=_simulator),
     "neonize": TransportSpec(build=_neonize, start=_neonize_start),
 }
 

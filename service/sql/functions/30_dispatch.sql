@@ -78,12 +78,18 @@ DECLARE
     v_new uuid;
     v_old uuid;
     v_queue text;
+    v_fence bigint;
 BEGIN
+    -- The fence of the instance's session lease, if it has one: a claim checks it is still the
+    -- lease's (wmq_claim), so a dispatch made for a previous owner is never run by anyone.
+    v_fence := COALESCE((SELECT l.fence FROM session_leases l JOIN messages x ON x.instance_id = l.instance_id
+                          WHERE x.zaap_id = p_zaap), 0);
     UPDATE messages m
        SET attempt = m.attempt + 1,
            phase = p_phase,
            available_at = p_available_at,
-           dispatch_id = md5(m.zaap_id || ':' || (m.attempt + 1) || ':' || p_phase || ':' || m.fence)::uuid
+           fence = v_fence,
+           dispatch_id = md5(m.zaap_id || ':' || (m.attempt + 1) || ':' || p_phase || ':' || v_fence)::uuid
       FROM messages old
      WHERE m.zaap_id = p_zaap AND old.zaap_id = p_zaap
  RETURNING m.dispatch_id, old.dispatch_id, wmq_queue_for(m.instance_id, p_queue) INTO v_new, v_old, v_queue;

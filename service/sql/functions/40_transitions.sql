@@ -40,6 +40,7 @@ BEGIN
        AND m.status IN ('scheduled', 'retryable', 'typing')
        AND (m.status = 'typing'
             OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = m.instance_id AND i.paused))
+       AND wmq_lease_ok(m.instance_id, p_worker, m.fence)
        AND NOT EXISTS (
             SELECT 1 FROM messages p
              WHERE p.instance_id = m.instance_id
@@ -57,7 +58,8 @@ BEGIN
            m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
            m.delay_typing_ms, m.attempts
       FROM messages m
-     WHERE m.zaap_id = p_zaap AND m.dispatch_id = p_dispatch AND m.status IN ('running', 'sending');
+     WHERE m.zaap_id = p_zaap AND m.dispatch_id = p_dispatch AND m.status IN ('running', 'sending')
+       AND wmq_lease_ok(m.instance_id, p_worker, m.fence);
 END
 $$;
 
@@ -73,6 +75,7 @@ BEGIN
     PERFORM wmq_set_detail(NULL);
     UPDATE messages SET status = 'typing'
      WHERE zaap_id = p_zaap AND status = 'running' AND worker_id = p_worker
+       AND wmq_lease_ok(instance_id, p_worker)
     RETURNING delay_typing_ms INTO v_typing_ms;
     IF NOT FOUND THEN
         RETURN false;
@@ -104,7 +107,8 @@ BEGIN
     -- message so (a worker's own failure comes instead of its completion, a claim by another
     -- worker records that worker).
     SELECT status, dispatch_id INTO v_status, v_dispatch FROM messages
-     WHERE zaap_id = p_zaap AND worker_id = p_worker AND status IN ('sending', 'retryable', 'discarded');
+     WHERE zaap_id = p_zaap AND worker_id = p_worker AND status IN ('sending', 'retryable', 'discarded')
+       AND wmq_lease_ok(instance_id, p_worker);
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -147,6 +151,7 @@ BEGIN
       FROM (SELECT CASE WHEN status = 'running' THEN attempts + 1 ELSE attempts END AS attempts
               FROM messages WHERE zaap_id = p_zaap) c
      WHERE m.zaap_id = p_zaap AND m.status IN ('running', 'sending') AND m.worker_id = p_worker
+       AND wmq_lease_ok(m.instance_id, p_worker)
     RETURNING m.status INTO v_status;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -174,7 +179,8 @@ BEGIN
     UPDATE messages
        SET status = 'scheduled', worker_id = NULL,
            attempts = CASE WHEN status = 'sending' THEN attempts - 1 ELSE attempts END
-     WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker;
+     WHERE zaap_id = p_zaap AND status IN ('running', 'sending') AND worker_id = p_worker
+       AND wmq_lease_ok(instance_id, p_worker);
     IF NOT FOUND THEN
         RETURN false;
     END IF;

@@ -28,9 +28,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     c record;
     m record;
-    v_status text;
     v_cause text;
-    v_attempts integer;
 BEGIN
     FOR c IN
         SELECT x.zaap_id, x.instance_id FROM messages x
@@ -40,8 +38,7 @@ BEGIN
          ORDER BY x.instance_id
     LOOP
         PERFORM wmq_lock_instance(c.instance_id);
-        SELECT x.zaap_id, x.instance_id, x.sequence, x.status, x.attempts, x.max_attempts,
-               x.worker_id, x.dispatch_id
+        SELECT x.zaap_id, x.instance_id, x.sequence, x.status, x.worker_id, x.dispatch_id
           INTO m FROM messages x WHERE x.zaap_id = c.zaap_id FOR UPDATE;
         -- Re-check under the lock: the message may be gone, another loop may have been first,
         -- or the worker came back.
@@ -56,37 +53,53 @@ BEGIN
         ELSE
             v_cause := 'worker ' || m.worker_id || ' died';
         END IF;
-
-        v_attempts := CASE WHEN m.status = 'running' THEN m.attempts + 1 ELSE m.attempts END;
-        IF m.status = 'running' AND v_attempts < m.max_attempts THEN
-            v_status := 'scheduled';
-            PERFORM wmq_set_detail('rescued: ' || v_cause || ' before the send (the attempt counts)');
-        ELSIF m.status = 'running' THEN
-            v_status := 'discarded';
-            PERFORM wmq_set_detail('rescued: ' || v_cause || ' before the send; no attempts left');
-        ELSIF p_resend AND m.attempts < m.max_attempts THEN
-            v_status := 'retryable';
-            PERFORM wmq_set_detail('uncertain: ' || v_cause
-                || ' during the send; sending again (MESSAGE_QUEUE_RESEND_UNCERTAIN=true)');
-        ELSE
-            v_status := 'discarded';
-            PERFORM wmq_set_detail('uncertain: ' || v_cause || ' during the send; '
-                || CASE WHEN p_resend THEN 'no attempts left'
-                        ELSE 'not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)' END);
-        END IF;
-        UPDATE messages x
-           SET status = v_status,
-               attempts = v_attempts,
-               last_error = current_setting('wmq.event_detail'),
-               finished_at = CASE WHEN v_status = 'discarded' THEN now() END
-         WHERE x.zaap_id = m.zaap_id;
-        IF v_status = 'discarded' THEN
-            PERFORM wmq_dispatch_head(m.instance_id, p_queue, p_actor);
-        ELSE
-            PERFORM wmq_dispatch(m.zaap_id, 1::smallint, now(), p_queue, p_actor);
-        END IF;
-        RETURN QUERY SELECT m.zaap_id, m.instance_id, m.sequence, m.status, v_status;
+        RETURN QUERY SELECT m.zaap_id, m.instance_id, m.sequence, m.status,
+                            wmq_recover(m.zaap_id, v_cause, p_resend, p_queue, p_actor);
     END LOOP;
+END
+$$;
+
+-- One message in flight whose worker will not finish it (`p_cause`: died, gave up, lost the
+-- session lease), taken under its instance lock by the caller: a `running` one goes again (the
+-- attempt counts), a `sending` one follows p_resend. Returns its new status.
+CREATE FUNCTION wmq_recover(p_zaap text, p_cause text, p_resend boolean, p_queue text, p_actor text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    v_status text;
+    v_attempts integer;
+BEGIN
+    SELECT x.instance_id, x.status, x.attempts, x.max_attempts INTO m FROM messages x WHERE x.zaap_id = p_zaap;
+    v_attempts := CASE WHEN m.status = 'running' THEN m.attempts + 1 ELSE m.attempts END;
+    IF m.status = 'running' AND v_attempts < m.max_attempts THEN
+        v_status := 'scheduled';
+        PERFORM wmq_set_detail('rescued: ' || p_cause || ' before the send (the attempt counts)');
+    ELSIF m.status = 'running' THEN
+        v_status := 'discarded';
+        PERFORM wmq_set_detail('rescued: ' || p_cause || ' before the send; no attempts left');
+    ELSIF p_resend AND m.attempts < m.max_attempts THEN
+        v_status := 'retryable';
+        PERFORM wmq_set_detail('uncertain: ' || p_cause
+            || ' during the send; sending again (MESSAGE_QUEUE_RESEND_UNCERTAIN=true)');
+    ELSE
+        v_status := 'discarded';
+        PERFORM wmq_set_detail('uncertain: ' || p_cause || ' during the send; '
+            || CASE WHEN p_resend THEN 'no attempts left'
+                    ELSE 'not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)' END);
+    END IF;
+    UPDATE messages x
+       SET status = v_status,
+           attempts = v_attempts,
+           last_error = current_setting('wmq.event_detail'),
+           finished_at = CASE WHEN v_status = 'discarded' THEN now() END
+     WHERE x.zaap_id = p_zaap;
+    IF v_status = 'discarded' THEN
+        PERFORM wmq_dispatch_head(m.instance_id, p_queue, p_actor);
+    ELSE
+        PERFORM wmq_dispatch(p_zaap, 1::smallint, now(), p_queue, p_actor);
+    END IF;
+    RETURN v_status;
 END
 $$;
 

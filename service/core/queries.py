@@ -362,11 +362,12 @@ THROUGHPUT = """
      GROUP BY 1 ORDER BY 1
 """
 
-#: The broker's workers: heartbeat, alive, the WhatsApp sessions each holds, messages in flight.
+#: The broker's workers: heartbeat, alive, the session leases each holds, messages in flight.
 WORKERS = """
     SELECT w.worker_id, w.heartbeat_at, extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age_s,
            wmq_worker_alive(w.worker_id, %(ttl_s)s) AS alive,
-           (SELECT count(*) FROM instances i WHERE i.owner_worker_id = w.worker_id) AS sessions,
+           (SELECT count(*) FROM session_leases l
+             WHERE l.worker_id = w.worker_id AND l.expires_at > now()) AS sessions,
            (SELECT count(*) FROM messages m
              WHERE m.worker_id = w.worker_id AND m.status IN ('running', 'typing', 'sending')) AS in_flight
       FROM dramatiq.worker w ORDER BY w.heartbeat_at DESC

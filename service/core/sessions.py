@@ -1,9 +1,9 @@
-"""WhatsApp sessions as the core sees them: which instances need one, what their holder records,
-the commands the API leaves for the holder (pair code, logout, restart), and the lock that makes
-one worker process the holder.
+"""WhatsApp sessions as the core sees them: each worker's round of session leases (which
+instances' sessions it owns: service/sql/functions/25_leases.sql), what an owner records, and the
+commands the API leaves for a session's owner (pair code, logout, restart).
 
-The worker side (workers/transports/neonize/manager.py) reaches these through `SessionHost`,
-wired in workers/main.py; it imports nothing from the core.
+The worker side (workers/leases.py, workers/transports/neonize/manager.py) reaches these through
+`SessionHost`, wired in workers/main.py; it imports nothing from the core.
 """
 
 from __future__ import annotations

@@ -57,13 +57,13 @@ class SessionHost(Protocol):
     """What a session-holding transport needs from the core (service/core/sessions.py)."""
 
     def hold(self) -> bool:
-        """Take or keep the lock that makes this process the sessions' holder."""
+        """Whether this worker's session leases are current (its lease keeper runs)."""
         ...
 
     def release(self) -> None: ...
 
     def instances(self, transport: str) -> dict[UUID, str | None]:
-        """Every instance of `transport`, with its WhatsApp id when paired."""
+        """The instances of `transport` whose session this worker owns, with their WhatsApp ids."""
         ...
 
     def record(self, instance_id: UUID, state: str, detail: str | None, **extra: Any) -> None: ...

@@ -2,10 +2,11 @@
 
 It runs in every worker; the Go library is loaded only once a `neonize` instance exists.
 
-One worker process at a time holds them (a lock the core keeps: `SessionHost.hold`; if that
-worker dies its connection closes and another worker takes over at its next check). The manager
-keeps one `Session` per instance of its transport, records every state change, and runs the
-commands the API leaves (pair code, logout, restart), all through the `SessionHost` it is given.
+Each worker holds the sessions of the instances whose leases it owns (workers/leases.py: a fair
+share per live worker; a dead or frozen worker's leases go to the others after the TTL). The
+manager keeps one `Session` per owned instance of its transport (stopping those it no longer
+owns), records every state change, and runs the commands the API leaves (pair code, logout,
+restart), all through the `SessionHost` it is given.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     #: Messages one instance may have in flight. FIFO needs exactly 1.
     message_queue_worker_max_workers: int = 1
     #: Threads of one worker process: how many instances it serves at once.
-    message_queue_worker_threads: int = 8
+    message_queue_worker_threads: int = 32
     #: How often idle consumers look for due messages (a NOTIFY wakes them sooner).
     message_queue_poll_interval: Duration = 0.1
     message_queue_max_job_attempts: int = 3

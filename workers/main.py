@@ -40,9 +40,11 @@ def run_worker(settings: Settings, database_url: str) -> int:
         logger.warning("MESSAGE_QUEUE_ENABLED is false: this worker sends nothing and exits")
         return 0
     threads = settings.message_queue_worker_threads
-    # Consumers hold two connections (queue and its delay queue) and the notifier one; each
-    # thread needs one at a time, plus the transport's.
-    pool = make_pool(database_url, max_size=2 * threads + 6, name="wmq-worker")
+    # Held for good: two per consumed queue (the shared one and this worker's own) and the
+    # notifier's; then one at a time per thread (a claim, a transition, the simulator's record),
+    # and the lease keeper's and the maintenance loop's. With the default 32 threads: 42, so that
+    # an API (up to 40) and a worker fit PostgreSQL's default 100 connections.
+    pool = make_pool(database_url, max_size=threads + 10, name="wmq-worker")
     core = Core(pool, settings)
     heartbeat: Heartbeat | None = None
 

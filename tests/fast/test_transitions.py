@@ -5,11 +5,12 @@ is a row of dramatiq.queue, and a claim names the dispatch id the consumed broke
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import uuid4
 
 import psycopg
 import pytest
 
-from service.core import control, transitions
+from service.core import control, queries, transitions
 from service.core.context import Core
 from service.core.errors import CancelRefused
 from tests.fast.helpers import (
@@ -293,3 +294,23 @@ def test_a_session_bound_instance_is_dispatched_to_the_sessions_queue(core: Core
         {"queue_name": "whatsapp", "session_bound": False},
         {"queue_name": "whatsapp-sessions", "session_bound": True},
     ]
+
+
+def test_the_claim_and_the_webhook_head_read_their_rows_by_key(core: Core) -> None:
+    """Both statements join a set-returning function to a table; told it returns one row, the
+    planner reads that table by key instead of scanning it (a scan per message grew the claim's
+    cost with the messages kept: bench/paced.py)."""
+    target = instance(core)
+    execute(core, """SELECT wmq_enqueue(md5(random()::text || n), %(i)s, 'text', '5511999999999', '{"message": "x"}',
+                                         0, 0, 0, NULL, 3, 'whatsapp', 'deliver') FROM generate_series(1, 2000) n""",
+            i=target)
+    execute(core, """INSERT INTO webhook_deliveries (instance_id, event, url, body, delivered_at)
+                     SELECT %(i)s, 'delivery', 'http://127.0.0.1:9/', '{}', now() FROM generate_series(1, 2000)""",
+            i=target)
+    execute(core, "ANALYZE messages")
+    execute(core, "ANALYZE webhook_deliveries")
+    for statement, params in ((queries.CLAIM, {"zaap_id": "0" * 32, "dispatch_id": uuid4(), "worker_id": uuid4()}),
+                              (queries.WEBHOOK_HEAD, {"instance_id": target})):
+        with core.pool.connection() as conn:
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, params).fetchall())
+        assert "Seq Scan" not in plan, plan

@@ -50,11 +50,18 @@ END
 $$;
 
 -- Give a lease up (its owner leaves, or has more than its share): the head waits in the parking
--- queue for the next owner.
+-- queue for the next owner. Never while the owner has one of the instance's messages in flight:
+-- the next owner would take that message for abandoned and send it again. It stays, renewed,
+-- until the send is recorded (or, if its owner never records it, expires: the resend of a worker
+-- taken for dead).
 CREATE FUNCTION wmq_release_lease(p_instance uuid, p_worker uuid, p_queue text, p_actor text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM wmq_lock_instance(p_instance);
+    IF EXISTS (SELECT 1 FROM messages x WHERE x.instance_id = p_instance AND x.worker_id = p_worker
+                                          AND x.status IN ('running', 'sending')) THEN
+        RETURN false;
+    END IF;
     UPDATE session_leases SET worker_id = NULL, changed_at = now()
      WHERE instance_id = p_instance AND worker_id = p_worker;
     IF NOT FOUND THEN
@@ -144,11 +151,12 @@ BEGIN
     SELECT count(*) INTO v_mine FROM session_leases l WHERE l.worker_id = p_worker;
 
     IF v_mine > v_share + 1 THEN
-        -- The ones with nothing in flight go first: their handover waits for nothing.
+        -- Only those with nothing in flight (wmq_release_lease): the others wait for a later round.
         FOR r IN SELECT l.instance_id FROM session_leases l
                   WHERE l.worker_id = p_worker
-                  ORDER BY EXISTS (SELECT 1 FROM messages x WHERE x.instance_id = l.instance_id
-                                      AND x.status IN ('running', 'sending')), l.instance_id
+                    AND NOT EXISTS (SELECT 1 FROM messages x WHERE x.instance_id = l.instance_id
+                                       AND x.status IN ('running', 'sending'))
+                  ORDER BY l.instance_id
                   LIMIT v_mine - v_share LOOP
             PERFORM wmq_release_lease(r.instance_id, p_worker, p_queue, p_actor);
         END LOOP;

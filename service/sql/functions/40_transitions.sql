@@ -24,7 +24,9 @@ CREATE FUNCTION wmq_claim(p_zaap text, p_dispatch uuid, p_worker uuid)
 RETURNS TABLE (
     granted text, zaap_id text, instance_id uuid, sequence bigint, message_type text, phone text,
     payload jsonb, delay_typing_ms bigint, attempts integer)
-LANGUAGE plpgsql AS $$
+-- One row at most: the planner then joins it to `messages` by key (service/core/queries.py CLAIM)
+-- instead of scanning the table for the 1,000 rows it assumes of a function.
+LANGUAGE plpgsql ROWS 1 AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM wmq_lock_instance((SELECT m.instance_id FROM messages m WHERE m.zaap_id = p_zaap));

@@ -100,7 +100,8 @@ CREATE TRIGGER wmq_instance_connection_webhooks AFTER UPDATE OF connection_state
 -- instance go out one at a time, in order).
 CREATE FUNCTION wmq_webhook_head(p_instance uuid)
 RETURNS TABLE (id bigint, url text, body jsonb, attempts integer, created_at timestamptz, secret text)
-LANGUAGE plpgsql AS $$
+-- One row at most (the instance's next delivery): joined by key in WEBHOOK_HEAD, not scanned.
+LANGUAGE plpgsql ROWS 1 AS $$
 DECLARE
     v_secret text;
 BEGIN

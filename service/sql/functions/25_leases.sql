@@ -112,6 +112,14 @@ BEGIN
 END
 $$;
 
+-- Renew a worker's leases, even expired ones, as long as nobody took them meanwhile (nobody
+-- acted on those instances then). Last in a round: lease rows are locked after instance rows
+-- everywhere (wmq_release_lease, wmq_acquire_lease, an instance's removal), never before.
+CREATE FUNCTION wmq_renew_leases(p_worker uuid, p_ttl_s double precision) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE session_leases SET expires_at = now() + make_interval(secs => p_ttl_s) WHERE worker_id = p_worker;
+$$;
+
 -- One worker's round, serialised with every other worker's (a transaction lock): renew its
 -- leases, give up what exceeds its share by more than one (or everything when `p_stopping`),
 -- take free (or, as a judge, expired) ones up to its share (unless not `p_acquire`: a stopping
@@ -132,14 +140,11 @@ BEGIN
     INSERT INTO session_leases (instance_id)
     SELECT i.id FROM instances i JOIN transports t ON t.name = i.transport WHERE t.session_bound
     ON CONFLICT DO NOTHING;
-    -- Renewed even if expired, as long as nobody took it meanwhile: nobody acted on it then.
-    UPDATE session_leases l SET expires_at = now() + make_interval(secs => p_ttl_s)
-     WHERE l.worker_id = p_worker;
-
     IF p_stopping THEN
         FOR r IN SELECT l.instance_id FROM session_leases l WHERE l.worker_id = p_worker ORDER BY 1 LOOP
             PERFORM wmq_release_lease(r.instance_id, p_worker, p_queue, p_actor);
         END LOOP;
+        PERFORM wmq_renew_leases(p_worker, p_ttl_s);  -- what it could not give up (a send in flight)
         RETURN;
     END IF;
 
@@ -170,6 +175,7 @@ BEGIN
     END IF;
 
 
+    PERFORM wmq_renew_leases(p_worker, p_ttl_s);
     RETURN QUERY SELECT l.instance_id, i.transport, l.fence
                    FROM session_leases l JOIN instances i ON i.id = l.instance_id
                   WHERE l.worker_id = p_worker AND l.expires_at > now();

@@ -22,7 +22,7 @@ run: install
 
 test: install-test
 	$(BIN)/ruff check service workers tests scripts bench
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadfile
 
 check: install-test
 	$(BIN)/ruff check service workers tests scripts bench

@@ -100,11 +100,12 @@ def test_nothing_lost_reordered_or_sent_twice_through_kills_outages_and_pauses(d
         for instance in instances:
             stack.simulate(instance, latencyMs=LATENCY_MS)
         sender = Sender(stack, instances)
-        # A backlog of 20 a session instance, one a second each, goes out through the faults;
+        # A backlog of 20 a session instance, one every 0.6 s each, goes out through the faults;
         # the stream comes on top.
         for instance in instances[INSTANCES:]:
             for n in range(BACKLOG):
-                sender.accepted[instance["id"]].append(stack.send_text(instance, f"b{n}", delayMessage=1)["zaapId"])
+                sender.accepted[instance["id"]].append(
+                    stack.send_text(instance, f"b{n}", delayMessage=0.6)["zaapId"])
         sender.start()
         may_repeat: set[str] = set()  # in flight in a worker that died or stood still past the TTL
         time.sleep(FLOW)

@@ -138,7 +138,9 @@ LEASE_ROUND = """
                                   %(acquire)s, %(stopping)s, %(queue)s, %(actor)s)
 """
 
-LEASE_OK = "SELECT wmq_lease_ok(%(instance_id)s, %(worker_id)s) AS ok"
+#: A worker's renewal on its own, before its round: a round waits for the others' (one at a
+#: time), a renewal never does.
+RENEW_LEASES = "SELECT wmq_renew_leases(%(worker_id)s, %(ttl_s)s)"
 
 #: The instances of a transport whose session this worker owns, with their WhatsApp ids.
 SESSION_INSTANCES = """

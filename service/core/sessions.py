@@ -94,6 +94,7 @@ class SessionHost:
         `stopping`), take free ones (expired ones too if `judge`) unless not `acquire`; the
         instances it owns now."""
         settings = self.core.settings
+        self.core.one(queries.RENEW_LEASES, worker_id=self.worker_id, ttl_s=settings.message_queue_heartbeat_ttl)
         rows = self.core.all(queries.LEASE_ROUND, worker_id=self.worker_id, ttl_s=settings.message_queue_heartbeat_ttl,
                              heartbeat_ttl_s=settings.message_queue_heartbeat_ttl, judge=judge,
                              resend=settings.message_queue_resend_uncertain, acquire=acquire, stopping=stopping,

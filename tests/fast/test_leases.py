@@ -109,6 +109,7 @@ def test_after_an_outage_owners_renew_their_own_and_nobody_takes_over(core: Core
     host(core, a).lease_round(judge=True)
     execute(core, "UPDATE session_leases SET expires_at = now() - interval '1 second'")  # everyone was cut off
     assert not host(core, b).lease_round(judge=False)  # back first, but no judge yet: takes nothing
+    assert not host(core, b).lease_round(judge=True), "a's heartbeat is fresh: its lease is late, not abandoned"
     assert session in host(core, a).lease_round(judge=False), "its own lease, renewed"
     assert one(core, "SELECT fence FROM session_leases")["fence"] == 1  # type: ignore[index]
 

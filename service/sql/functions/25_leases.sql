@@ -75,12 +75,21 @@ BEGIN
 END
 $$;
 
--- Take a lease that is free, or expired (`p_judge` only): a fence one higher, the previous
+-- A lease is abandoned when it has expired and its owner's heartbeat is stale too: a worker
+-- whose lease round is merely late (a slow round, a busy machine) keeps its sessions, as a slow
+-- worker keeps its messages (I5); a dead, frozen or cut-off one loses both.
+CREATE FUNCTION wmq_lease_abandoned(p_owner uuid, p_expires_at timestamptz, p_heartbeat_ttl_s double precision)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_expires_at <= now() AND NOT wmq_worker_alive(p_owner, p_heartbeat_ttl_s)
+$$;
+
+-- Take a lease that is free, or abandoned (`p_judge` only): a fence one higher, the previous
 -- owner's messages in flight recovered as the rescuer would (a `sending` one follows p_resend),
 -- and the head routed to the new owner's queue.
 CREATE FUNCTION wmq_acquire_lease(
-    p_instance uuid, p_worker uuid, p_ttl_s double precision, p_judge boolean, p_resend boolean,
-    p_queue text, p_actor text) RETURNS boolean
+    p_instance uuid, p_worker uuid, p_ttl_s double precision, p_heartbeat_ttl_s double precision,
+    p_judge boolean, p_resend boolean, p_queue text, p_actor text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     l record;
@@ -89,7 +98,8 @@ BEGIN
     PERFORM wmq_lock_instance(p_instance);
     SELECT * INTO l FROM session_leases WHERE instance_id = p_instance FOR UPDATE;
     IF NOT FOUND OR l.worker_id = p_worker
-       OR NOT (l.worker_id IS NULL OR (p_judge AND l.expires_at <= now())) THEN
+       OR NOT (l.worker_id IS NULL OR (p_judge AND wmq_lease_abandoned(l.worker_id, l.expires_at, p_heartbeat_ttl_s)))
+    THEN
         RETURN false;
     END IF;
     UPDATE session_leases
@@ -167,10 +177,13 @@ BEGIN
         END LOOP;
     ELSIF v_mine < v_share AND p_acquire THEN
         FOR r IN SELECT l.instance_id FROM session_leases l
-                  WHERE l.worker_id IS NULL OR (p_judge AND l.expires_at <= now() AND l.worker_id <> p_worker)
+                  WHERE l.worker_id IS NULL
+                     OR (p_judge AND l.worker_id <> p_worker
+                         AND wmq_lease_abandoned(l.worker_id, l.expires_at, p_heartbeat_ttl_s))
                   ORDER BY l.worker_id NULLS FIRST, l.instance_id
                   LIMIT v_share - v_mine LOOP
-            PERFORM wmq_acquire_lease(r.instance_id, p_worker, p_ttl_s, p_judge, p_resend, p_queue, p_actor);
+            PERFORM wmq_acquire_lease(r.instance_id, p_worker, p_ttl_s, p_heartbeat_ttl_s, p_judge, p_resend,
+                                      p_queue, p_actor);
         END LOOP;
     END IF;
 

@@ -145,7 +145,7 @@ RENEW_LEASES = "SELECT wmq_renew_leases(%(worker_id)s, %(ttl_s)s)"
 #: The instances of a transport whose session this worker owns, with their WhatsApp ids.
 SESSION_INSTANCES = """
     SELECT i.id, i.whatsapp_jid FROM instances i JOIN session_leases l ON l.instance_id = i.id
-     WHERE i.transport = %(transport)s AND l.worker_id = %(worker_id)s AND l.expires_at > now()
+     WHERE i.transport = %(transport)s AND l.worker_id = %(worker_id)s
 """
 
 TAKE_COMMANDS = """

@@ -1,7 +1,8 @@
 -- Which broker queue an instance's dispatches go to: the one place that decides it. An instance
 -- whose transport is session-bound (a live WhatsApp connection held by one worker process) is
 -- served from its lease owner's own queue, `<queue>-s.<worker>`, which only that
--- worker consumes; while nobody holds a valid lease, from `<queue>-sessions`, which nobody
+-- worker consumes (an expired lease too: its owner keeps it until someone takes it over, and
+-- whoever does routes the head anew); while nobody holds the lease, from `<queue>-sessions`, which nobody
 -- consumes (its next owner routes the head to itself: 25_leases.sql). Every other instance goes
 -- to `<queue>`. Which transports are session-bound is data: the `transports` table
 -- (service/sql/migrations/007_transports.sql).
@@ -26,7 +27,7 @@ BEGIN
     RETURN (SELECT CASE WHEN t.session_bound THEN wmq_session_queue(p_queue, l.worker_id) ELSE p_queue END
               FROM instances i
               JOIN transports t ON t.name = i.transport
-              LEFT JOIN session_leases l ON l.instance_id = i.id AND l.expires_at > now()
+              LEFT JOIN session_leases l ON l.instance_id = i.id
              WHERE i.id = p_instance);
 END
 $$;

@@ -8,13 +8,16 @@
 -- needs the lease (wmq_lease_ok), so a worker that lost its lease can record nothing more.
 
 -- Whether `p_worker` may act on the instance: always for an instance that needs no session;
--- for a session instance, only while it holds an unexpired lease (with `p_fence`, that fence).
+-- for a session instance, only while it holds the lease (with `p_fence`, that fence). An expired
+-- lease still counts while nobody has taken it over: a takeover takes the instance lock, as
+-- every transition does, so nobody else can have acted on the instance meanwhile (after an
+-- outage longer than the TTL, its owner's completion of a send is still its to record).
 CREATE FUNCTION wmq_lease_ok(p_instance uuid, p_worker uuid, p_fence bigint DEFAULT NULL) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT NOT EXISTS (SELECT 1 FROM instances i JOIN transports t ON t.name = i.transport
                         WHERE i.id = p_instance AND t.session_bound)
         OR EXISTS (SELECT 1 FROM session_leases l
-                    WHERE l.instance_id = p_instance AND l.worker_id = p_worker AND l.expires_at > now()
+                    WHERE l.instance_id = p_instance AND l.worker_id = p_worker
                       AND (p_fence IS NULL OR l.fence = p_fence))
 $$;
 
@@ -191,6 +194,6 @@ BEGIN
     PERFORM wmq_renew_leases(p_worker, p_ttl_s);
     RETURN QUERY SELECT l.instance_id, i.transport, l.fence
                    FROM session_leases l JOIN instances i ON i.id = l.instance_id
-                  WHERE l.worker_id = p_worker AND l.expires_at > now();
+                  WHERE l.worker_id = p_worker;
 END
 $$;

@@ -63,7 +63,6 @@ def run_worker(settings: Settings, database_url: str) -> int:
     leases = LeaseKeeper(sessions, interval=settings.message_queue_lease_interval, judge=may_judge)
     wiring = Wiring(
         pool=pool, settings=settings, database_url=database_url, worker_id=worker_id, sessions=sessions,
-        on_ownership=lambda owner: None,
     )
     transport = RoutingTransport(wiring, transport_of=lambda instance_id: instances.transport_of(core, instance_id))
     declare_actors(broker, Deliverer(core, transport, worker_id), PresenceSender(transport),

@@ -269,16 +269,28 @@ async def cancel_queue_message(request: Request) -> Response:
     job = await call(reads.message, core(request), zaap_id)
     if job.instance_id != instance.id:
         raise ValidationError("zaapId", "message not found", status=404)
-    previous = await call(control.cancel, core(request), zaap_id)
-    metrics.CANCELLED.inc()
+    previous = await cancel_counted(request, zaap_id)
     return JSONResponse({"zaapId": zaap_id, "status": "cancelled", "previousStatus": previous})
 
 
 async def cancel_queue(request: Request) -> Response:
     instance = await authenticated(request)
-    count = await call(control.cancel_all, core(request), instance.id)
+    return JSONResponse({"cancelled": await cancel_all_counted(request, instance.id)})
+
+
+async def cancel_counted(request: Request, zaap_id: str) -> str:
+    """Cancel one message (the routes' and the dashboard's way), counted in /metrics; the status
+    it had."""
+    previous = await call(control.cancel, core(request), zaap_id)
+    metrics.CANCELLED.inc()
+    return previous
+
+
+async def cancel_all_counted(request: Request, instance_id: UUID) -> int:
+    """Cancel every pending message of an instance, counted in /metrics; how many."""
+    count = await call(control.cancel_all, core(request), instance_id)
     metrics.CANCELLED.inc(count)
-    return JSONResponse({"cancelled": count})
+    return count
 
 
 async def pause_instance(request: Request) -> Response:

@@ -83,8 +83,6 @@ class SessionHost:
         self.core = core
         self.database_url = database_url
         self.worker_id = worker_id
-        #: The instances this worker owned at its last round, by transport.
-        self.owned: dict[UUID, str] = {}
         self._last_round: float | None = None
 
     # -- the leases -----------------------------------------------------------------------------
@@ -99,18 +97,14 @@ class SessionHost:
                              heartbeat_ttl_s=settings.message_queue_heartbeat_ttl, judge=judge,
                              resend=settings.message_queue_resend_uncertain, acquire=acquire, stopping=stopping,
                              queue=self.core.route.queue, actor=self.core.route.actor)
-        self.owned = {r["instance_id"]: r["transport"] for r in rows}
         self._last_round = time.monotonic()
-        return self.owned
+        return {r["instance_id"]: r["transport"] for r in rows}
 
     def hold(self) -> bool:
         """Whether this worker's leases are current: its last round is younger than half the
         TTL (older, and its leases may be expiring: its sessions must not act on their own)."""
         last = self._last_round
         return last is not None and time.monotonic() - last < self.core.settings.message_queue_heartbeat_ttl / 2
-
-    def release(self) -> None:
-        """Nothing to do here: the lease keeper gives the leases up when the worker stops."""
 
     # -- what the holder reads and records ------------------------------------------------------
 

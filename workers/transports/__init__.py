@@ -52,8 +52,6 @@ class Wiring:
     database_url: str
     worker_id: UUID
     sessions: SessionHost
-    #: Called with True when this process starts holding the WhatsApp sessions, False when it stops.
-    on_ownership: Callable[[bool], None]
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,7 +82,7 @@ def _neonize_start(wiring: Wiring) -> Callable[[], None]:
     from workers.transports.neonize.manager import SessionManager
 
     manager = wiring.state["neonize"] = SessionManager(wiring.sessions, wiring.settings, wiring.database_url,
-                                                       transport="neonize", on_ownership=wiring.on_ownership)
+                                                       transport="neonize")
     manager.start()
     return manager.stop
 

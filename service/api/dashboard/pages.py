@@ -13,9 +13,17 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from service.api import metrics
 from service.api.dashboard import login
-from service.api.endpoints import call, core, iso, qr_png, session_action, transport_control
+from service.api.endpoints import (
+    call,
+    cancel_all_counted,
+    cancel_counted,
+    core,
+    iso,
+    qr_png,
+    session_action,
+    transport_control,
+)
 from service.api.templating import TEMPLATES
 from service.core import control, enqueue, instances, overview, reads, sessions
 from service.core.errors import CoreError, InstanceNotFound
@@ -50,6 +58,15 @@ def back(request: Request, path: str, flash: str) -> Response:
     return response
 
 
+async def form_of(request: Request) -> dict[str, str]:
+    """A posted form's fields (URL-encoded: the dashboard's forms post nothing else)."""
+    return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def not_logged_in() -> Response:
+    return JSONResponse({"error": "log in with the admin token", "field": "Authorization"}, 401)
+
+
 def page(handler: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """A page: the login page for a browser without a session (no data shown), 401 for a script."""
 
@@ -59,7 +76,7 @@ def page(handler: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Re
         except login.NotLoggedIn:
             if "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse(f"{PREFIX}/login", status_code=303)
-            return JSONResponse({"error": "log in with the admin token", "field": "Authorization"}, 401)
+            return not_logged_in()
         return await handler(request, csrf)
 
     endpoint.__name__ = handler.__name__
@@ -71,11 +88,11 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Callable[[Request], 
     (the form's `next`) saying what it did, or why not."""
 
     async def endpoint(request: Request) -> Response:
-        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        form = await form_of(request)
         try:
             login.check_action(request, form)
         except login.NotLoggedIn:
-            return JSONResponse({"error": "log in with the admin token", "field": "Authorization"}, 401)
+            return not_logged_in()
         except login.CrossSite:
             return JSONResponse({"error": "missing or invalid CSRF token, or a request from another site",
                                  "field": "csrf"}, 403)
@@ -104,7 +121,7 @@ async def login_form(request: Request) -> Response:
 
 
 async def login_submit(request: Request) -> Response:
-    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    form = await form_of(request)
     if not request.app.state.settings.admin_token or not login.token_matches(request, form.get("token", "")):
         return TEMPLATES.TemplateResponse(request, "login.html", {"error": "That is not the admin token.", "csrf": ""},
                                           401, headers=SECURITY_HEADERS)
@@ -115,7 +132,7 @@ async def login_submit(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    form = await form_of(request)
     try:
         login.check_action(request, form)
     except (login.NotLoggedIn, login.CrossSite):
@@ -231,8 +248,7 @@ async def resume(request: Request) -> str:
 
 @action
 async def cancel_all(request: Request) -> str:
-    count = await call(control.cancel_all, core(request), instance_id(request))
-    metrics.CANCELLED.inc(count)
+    count = await cancel_all_counted(request, instance_id(request))
     return f"{count} message(s) cancelled."
 
 
@@ -247,8 +263,7 @@ async def reconnect(request: Request) -> str:
 @action
 async def cancel_message(request: Request) -> str:
     zaap_id = request.path_params["zaap_id"]
-    previous = await call(control.cancel, core(request), zaap_id)
-    metrics.CANCELLED.inc()
+    previous = await cancel_counted(request, zaap_id)
     return f"Message {zaap_id} cancelled (it was {previous})."
 
 

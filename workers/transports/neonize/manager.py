@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -30,14 +29,13 @@ logger = logging.getLogger("wmq.whatsapp")
 
 class SessionManager(threading.Thread):
     def __init__(self, host: SessionHost, settings: Settings, database_url: str, *, transport: str,
-                 interval: float = 1.0, on_ownership: Callable[[bool], None] | None = None) -> None:
+                 interval: float = 1.0) -> None:
         super().__init__(name="wmq-whatsapp-sessions", daemon=True)
         self.host = host
         self.settings = settings
         self.database_url = database_url
         self.transport = transport
         self.interval = interval
-        self.on_ownership = on_ownership or (lambda owner: None)
         self.sessions: dict[UUID, Session] = {}
         self.owner = False
         self._stopping = threading.Event()
@@ -71,8 +69,7 @@ class SessionManager(threading.Thread):
     def _own(self) -> bool:
         was_owner, self.owner = self.owner, self.host.hold()
         if self.owner and not was_owner:
-            logger.info("this worker holds the whatsapp sessions")
-            self.on_ownership(True)
+            logger.info("this worker's session leases are current: holding its whatsapp sessions")
         return self.owner
 
     def _drop_lock(self, *, lost: bool) -> None:
@@ -82,7 +79,6 @@ class SessionManager(threading.Thread):
         if lost:
             self.owner = False
         if was_owner:
-            self.on_ownership(False)
             sessions, self.sessions = list(self.sessions.values()), {}
             stoppers = [threading.Thread(target=s.stop, daemon=True) for s in sessions]
             for stopper in stoppers:
@@ -90,7 +86,6 @@ class SessionManager(threading.Thread):
             for stopper in stoppers:
                 stopper.join(timeout=10)
         self.owner = False
-        self.host.release()
 
     def _sync(self) -> None:
         """A session for every instance of this transport; none for removed ones."""

@@ -49,9 +49,9 @@ ENQUEUE_MANY = """
 """
 
 
-def queue_backlog(stack: Stack, instances: int, per_instance: int) -> list[str]:
+def queue_backlog(stack: Stack, instances: int, per_instance: int, transport: str = "simulator") -> list[str]:
     """Create instances and queue their messages straight through the SQL core (no worker yet)."""
-    ids = [instance["id"] for instance in create_instances(stack, instances)]
+    ids = [instance["id"] for instance in create_instances(stack, instances, transport)]
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         for instance_id in ids:
             conn.execute(ENQUEUE_MANY, {"instance": instance_id, "count": per_instance})
@@ -90,13 +90,14 @@ def check_order(stack: Stack, instance_ids: list[str]) -> bool:
     return len(rows) == len(instance_ids) and all(r["sent"] == sorted(r["sent"]) for r in rows)
 
 
-def ours(work: Path, instances: int, per_instance: int, env: dict[str, Any]) -> tuple[Drained, bool]:
+def ours(work: Path, instances: int, per_instance: int, env: dict[str, Any],
+         transport: str = "simulator") -> tuple[Drained, bool]:
     with database(work / f"db-{time.monotonic_ns()}") as url:
         stack = Stack(url, work / f"stack-{time.monotonic_ns()}", {"MESSAGE_QUEUE_WORKER_THREADS": 8,
                                                                     "LOG_LEVEL": "WARNING", **env})
         stack.start_api()
         try:
-            ids = queue_backlog(stack, instances, per_instance)
+            ids = queue_backlog(stack, instances, per_instance, transport)
             drained = drain(stack, instances * per_instance, timeout=3600)
             return drained, check_order(stack, ids)
         finally:

@@ -56,10 +56,11 @@ def database(work: Path) -> Iterator[str]:
             server.cleanup()
 
 
-def create_instances(stack: Stack, count: int) -> list[dict[str, Any]]:
-    """`count` instances through the API (8 requests at a time), in order of their names."""
+def create_instances(stack: Stack, count: int, transport: str = "simulator") -> list[dict[str, Any]]:
+    """`count` instances of `transport` through the API (8 requests at a time), in order of their
+    names; `simulator-session` instances are leased to one worker each, as WhatsApp sessions are."""
     with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda n: stack.create_instance(name=f"bench-{n}"), range(count)))
+        return list(pool.map(lambda n: stack.create_instance(name=f"bench-{n}", transport=transport), range(count)))
 
 
 def cpu_seconds(pid: int) -> float:

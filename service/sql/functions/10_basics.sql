@@ -37,11 +37,15 @@ BEGIN
 END
 $$;
 
--- A worker is alive while its broker heartbeat is fresher than the TTL.
+-- A worker is alive while its broker heartbeat is fresher than the TTL. PL/pgSQL, as every
+-- function here that reads a table: its plans are kept for the connection, where a LANGUAGE sql
+-- function that cannot be inlined (a subquery) is planned again at every call (PostgreSQL 16).
 CREATE FUNCTION wmq_worker_alive(p_worker uuid, p_ttl_s double precision) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (
         SELECT 1 FROM dramatiq.worker w
          WHERE w.worker_id = p_worker
-           AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s))
+           AND w.heartbeat_at > now() - make_interval(secs => p_ttl_s));
+END
 $$;

@@ -4,9 +4,11 @@ WhatsApp call waits on the network.
     .venv/bin/python bench/paced.py [--instances 1000 300] [--interval 2] [--per-instance 20]
                                     [--latency-ms 300] [--workers 1 2 3] [--threads 8 32 64 128]
                                     [--warmup 5] [--grace 5] [--no-prune] [--set NAME=VALUE]
-                                    [--claim-rows-1]
+                                    [--claim-rows-1] [--transport simulator-session]
 
-A load is `instances` instances, each offered one message every `interval` seconds
+A load is `instances` instances of `--transport` (by default the session-bound simulator: each
+instance is leased to one worker, whose own queue carries its heads, as a WhatsApp session's
+are; `simulator` for instances any worker serves), each offered one message every `interval` seconds
 (`instances / interval` msg/s in all), for `per-instance` messages; every load of
 `--instances × --interval` is run over every `--workers × --threads` (MESSAGE_QUEUE_WORKER_THREADS).
 The simulator sleeps `latency-ms` in each send (no database connection held meanwhile), as a
@@ -84,6 +86,7 @@ PRODUCTION_TIMINGS = {
     "MESSAGE_QUEUE_HEARTBEAT_INTERVAL": "15s",
     "MESSAGE_QUEUE_HEARTBEAT_TTL": "60s",
     "MESSAGE_QUEUE_MAINTENANCE_INTERVAL": "30s",
+    "MESSAGE_QUEUE_LEASE_INTERVAL": "2s",
     "MESSAGE_QUEUE_JOB_TIMEOUT": "30s",
     "LOG_LEVEL": "WARNING",
 }
@@ -109,6 +112,11 @@ NOT_STARTED = "SELECT count(*) FROM messages WHERE started_at IS NULL AND schedu
 #: one row, so the claim's join to `messages` is an index lookup instead of a hash join over a
 #: sequential scan of the whole table (its default estimate for a set-returning function is 1,000).
 CLAIM_ROWS_1 = "ALTER FUNCTION wmq_claim(text, uuid, uuid) ROWS 1"
+
+#: Session leases nobody owns, and how many workers own some.
+SPREAD = "SELECT count(*) FILTER (WHERE worker_id IS NULL), count(DISTINCT worker_id) FROM session_leases"
+MOST = "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM session_leases GROUP BY worker_id) s"
+PER_WORKER = "SELECT count(*) FROM session_leases GROUP BY worker_id ORDER BY 1 DESC"
 
 CONNECTIONS = """
     SELECT count(*) AS total, count(*) FILTER (WHERE application_name = 'wmq-worker') AS workers
@@ -239,19 +247,20 @@ def worker_warnings(stack: Stack) -> tuple[int, str]:
 
 
 def run(work: Path, load: Load, latency_ms: int, workers: int, threads: int, warmup: float,
-        grace: float, settings: dict[str, str], claim_rows_1: bool) -> Result:
+        grace: float, settings: dict[str, str], claim_rows_1: bool, transport: str) -> Result:
     env = {**PRODUCTION_TIMINGS, "MESSAGE_QUEUE_WORKER_THREADS": threads, **settings}
     with database(work / f"db-{time.monotonic_ns()}") as url:
         stack = Stack(url, work / f"stack-{time.monotonic_ns()}", env)
         stack.start_api()
         try:
-            ids = [instance["id"] for instance in create_instances(stack, load.instances)]
+            ids = [instance["id"] for instance in create_instances(stack, load.instances, transport)]
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(SET_LATENCY, {"latency_ms": latency_ms})
                 if claim_rows_1:
                     conn.execute(CLAIM_ROWS_1)
-            # The lead: the backlog at ~3,000 enqueues/s on this machine, and ~2 s per worker start.
-            lead = 4 + load.instances * load.per_instance / 3000 + 2 * workers
+            # The lead: the backlog at ~3,000 enqueues/s on this machine, ~2 s per worker start, and
+            # for session instances the lease rounds that spread them over the workers.
+            lead = 4 + load.instances * load.per_instance / 3000 + 2 * workers + (8 if transport != "simulator" else 0)
             t0 = datetime.now(UTC) + timedelta(seconds=lead)
             enqueue_series(stack, ids, load, t0)
             moved = stack.one(MOVED, {"interval": load.interval})["n"]
@@ -263,6 +272,13 @@ def run(work: Path, load: Load, latency_ms: int, workers: int, threads: int, war
                 postmaster = Postmaster(probe)
                 for _ in range(workers):
                     stack.start_worker()
+                if transport != "simulator":  # every lease owned, in fair shares (the slack of one)
+                    share = -(-load.instances // workers)
+                    with contextlib.suppress(AssertionError):
+                        wait_until(lambda: probe.execute(SPREAD).fetchone() == (0, workers) and  # type: ignore[index]
+                                   probe.execute(MOST).fetchone()[0] <= share + 1,  # type: ignore[index]
+                                   max(1.0, (t0 - datetime.now(UTC)).total_seconds()), "the shares", interval=0.2)
+                    print(f"leases per worker: {[r[0] for r in probe.execute(PER_WORKER)]}", file=sys.stderr)
                 slack = (t0 - datetime.now(UTC)).total_seconds()
                 print(f"queued and {workers} worker(s) started {slack:.1f} s before T0"
                       + ("" if slack > 0 else ": LATE, raise the lead"), file=sys.stderr, flush=True)
@@ -348,6 +364,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the API and workers beside the defaults (diagnostics), repeatable")
     parser.add_argument("--no-prune", action="store_true")
+    parser.add_argument("--transport", default="simulator-session", choices=["simulator-session", "simulator"])
     parser.add_argument("--claim-rows-1", action="store_true",
                         help="what-if: ALTER FUNCTION wmq_claim ... ROWS 1 on the bench's database (not the code)")
     args = parser.parse_args()
@@ -365,14 +382,14 @@ def main() -> None:
                         continue
                     began = time.monotonic()
                     result = run(work, load, args.latency_ms, workers, threads, args.warmup, args.grace, settings,
-                                 args.claim_rows_1)
+                                 args.claim_rows_1, args.transport)
                     if result.meets():
                         met.add((workers, threads))
                     rows.append(row(load, workers, threads, args.latency_ms, result))
                     print(f"{load} {workers}×{threads}: {time.monotonic() - began:.0f} s; {rows[-1]}"
                           + (f"; first warning: {result.first_warning}" if result.warnings else ""),
                           file=sys.stderr, flush=True)
-            extra = "".join(f", {name}={value}" for name, value in settings.items())
+            extra = f", {args.transport} instances" + "".join(f", {name}={value}" for name, value in settings.items())
             extra += ", what-if: wmq_claim ROWS 1" if args.claim_rows_1 else ""
             print_table(f"Paced load: {load.instances} instances × one message every {load.interval:g} s "
                         f"({load.offered:g} msg/s offered) for {load.per_instance} messages each, "

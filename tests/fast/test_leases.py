@@ -140,3 +140,25 @@ def test_a_session_instance_has_a_free_lease_from_its_creation(core: Core) -> No
     instance(core)  # a simulator instance needs no lease
     rows = sql(core, "SELECT instance_id, worker_id FROM session_leases")
     assert rows == [{"instance_id": session, "worker_id": None}], rows
+
+
+def test_a_lease_is_written_again_only_once_half_its_ttl_is_gone(core: Core) -> None:
+    """Every round renews, but a lease with more than half its TTL left is not rewritten (one write
+    per lease every half TTL, not one per round: bench/leases.py)."""
+    session = instance(core, transport=SESSION)
+    a = worker(core)
+    host(core, a).lease_round(judge=True)
+    ttl = core.settings.message_queue_heartbeat_ttl
+
+    def lease() -> dict[str, Any]:
+        row = one(core, "SELECT xmin::text AS version, expires_at - now() AS left FROM session_leases"
+                        " WHERE instance_id = %(i)s", i=session)
+        assert row is not None
+        return row
+
+    fresh = lease()
+    host(core, a).lease_round(judge=True)
+    assert lease()["version"] == fresh["version"], "rewritten with more than half its TTL left"
+    execute(core, "UPDATE session_leases SET expires_at = now() + make_interval(secs => %(s)s)", s=ttl / 2 - 1)
+    host(core, a).lease_round(judge=True)
+    assert lease()["left"].total_seconds() > ttl - 5, "not renewed with less than half its TTL left"

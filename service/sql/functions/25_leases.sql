@@ -155,9 +155,13 @@ $$;
 -- Renew a worker's leases, even expired ones, as long as nobody took them meanwhile (nobody
 -- acted on those instances then). Last in a round: lease rows are locked after instance rows
 -- everywhere (wmq_release_lease, wmq_acquire_lease, an instance's removal), never before.
+-- Only those with less than half the TTL left are written: a worker renews every few seconds, so
+-- its leases always keep more than half the TTL, for one write per lease every half TTL instead
+-- of one every round (10 workers over 10,000 sessions: each round rewrote 1,000 rows twice).
 CREATE FUNCTION wmq_renew_leases(p_worker uuid, p_ttl_s double precision) RETURNS void
 LANGUAGE sql AS $$
-    UPDATE session_leases SET expires_at = now() + make_interval(secs => p_ttl_s) WHERE worker_id = p_worker;
+    UPDATE session_leases SET expires_at = now() + make_interval(secs => p_ttl_s)
+     WHERE worker_id = p_worker AND expires_at < now() + make_interval(secs => p_ttl_s / 2);
 $$;
 
 -- One worker's round, serialised with every other worker's (a transaction lock): renew its

@@ -23,6 +23,10 @@ from tests.stack import ROOT
         ("idle.py", ["--instances", "5", "--idle", "1"], "| 5 | 5 | 0 |"),
         ("growth.py", ["--sizes", "2", "--messages", "6", "--hot", "4", "--seconds", "1", "--spread", "1",
                        "--plot", "{tmp}/growth.png"], "| 2 |"),
+        ("leases.py", ["--workers", "3", "--sessions", "20", "--measure", "1", "--interval", "0.5"],
+         "| 3 | 20 |"),
+        ("paced.py", ["--instances", "4", "--per-instance", "3", "--interval", "1", "--workers", "1", "--threads", "4",
+                      "--warmup", "0.5", "--grace", "3"], "| 4 × 1/1 s | 1 × 4 |"),
         # dramatiq-postgres alone: the dramatiq-pg side needs its own venv (a pip install); `make bench` runs it.
         ("broker_choice.py", ["--only", "dramatiq-postgres", "--order", "20", "--drain", "200", "--future", "20",
                               "--timeout", "5"], "| dramatiq-postgres |"),

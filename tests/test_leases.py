@@ -72,3 +72,19 @@ def test_sessions_rebalance_as_workers_come_and_go_and_nothing_is_lost_or_repeat
     owners = stack.one("SELECT count(DISTINCT worker_id) AS n FROM session_lease_history")["n"]
     assert owners == 3, "every worker owned sessions in turn"
     assert not overlapping_owners(stack)
+
+
+def test_a_worker_that_stops_hands_its_sessions_over_at_once_not_after_the_ttl(make_stack: Any) -> None:
+    """A stopped worker leaves the live ones as it exits: were it still counted until its
+    heartbeat went stale (the TTL, 60 s here), the one left would stop at its share of two and
+    leave the sessions handed over to it unowned, their messages waiting, for that long."""
+    stack: Stack = make_stack(workers=2, MESSAGE_QUEUE_LEASE_INTERVAL="300ms", MESSAGE_QUEUE_HEARTBEAT_TTL="60s")
+    instances = [stack.create_instance(transport="simulator-session") for _ in range(4)]
+    wait_until(lambda: shares(stack) == [2, 2], 20, "two shares of two")
+    leaving, staying = stack.workers
+    assert stack.stop_process(leaving, signal.SIGTERM, timeout=60) == 0, stack.logs()
+    stack.workers.remove(leaving)
+    assert stack.live_workers() == 1, "the stopped worker still counts as live"
+    wait_until(lambda: shares(stack) == [4], 10, "the one left to own every session, well before the TTL")
+    accepted = [stack.send_text(instance)["zaapId"] for instance in instances]
+    stack.wait_completed(accepted, timeout=20)

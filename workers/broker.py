@@ -42,6 +42,11 @@ HEARTBEAT = """
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
 """
 
+#: A worker that stops cleanly leaves the table at once: while its heartbeat looked fresh, the
+#: others counted it among the live workers for TTL seconds and left the sessions it had handed
+#: over unowned (each holding its share of a fleet that still counted the leaver).
+LEAVE = "DELETE FROM dramatiq.worker WHERE worker_id = %s"
+
 # The due-time waker's statements (workers/waker.py): a dispatch of a future message NOTIFYs
 # `wmq.due` (sql `wmq_dispatch`); the waker sleeps until a queue's next message falls due, then
 # sends the NOTIFY the queue's consumers listen to.

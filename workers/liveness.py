@@ -23,7 +23,7 @@ from uuid import UUID
 
 import psycopg
 
-from workers.broker import HEARTBEAT
+from workers.broker import HEARTBEAT, LEAVE
 
 logger = logging.getLogger("wmq.liveness")
 
@@ -93,8 +93,16 @@ class Heartbeat(threading.Thread):
         except OSError:
             logger.warning("could not touch the liveness file", extra={"path": str(self.alive_file)})
 
-    def stop(self) -> None:
+    def stop(self, *, leave: bool = False) -> None:
+        """Stop beating; with `leave`, also take this worker out of the live ones at once (a clean
+        stop, once its sends are recorded and its leases given up), rather than after the TTL."""
         self._stopping.set()
         self.join(timeout=5)
+        if leave:
+            try:
+                with psycopg.connect(self.database_url, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute(LEAVE, (self.worker_id,))
+            except psycopg.Error:
+                logger.warning("could not leave the live workers: counted until the TTL", exc_info=True)
         if self._conn is not None:
             self._conn.close()

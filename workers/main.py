@@ -116,7 +116,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     worker.stop(timeout=int(settings.message_queue_job_timeout * 1000) + 30_000)
     transport.close()  # the WhatsApp connections close before their leases go to other workers
     leases.stop()
-    heartbeat.stop()
+    heartbeat.stop(leave=True)  # last: the others count it live no longer, and take its sessions
     broker.close()
     pool.close()
     logger.info("worker stopped", extra={"worker_id": broker.worker_id})

@@ -113,10 +113,8 @@ NOT_STARTED = "SELECT count(*) FROM messages WHERE started_at IS NULL AND schedu
 #: sequential scan of the whole table (its default estimate for a set-returning function is 1,000).
 CLAIM_ROWS_1 = "ALTER FUNCTION wmq_claim(text, uuid, uuid) ROWS 1"
 
-#: Session leases nobody owns, and how many workers own some.
-SPREAD = "SELECT count(*) FILTER (WHERE worker_id IS NULL), count(DISTINCT worker_id) FROM session_leases"
-MOST = "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM session_leases GROUP BY worker_id) s"
-PER_WORKER = "SELECT count(*) FROM session_leases GROUP BY worker_id ORDER BY 1 DESC"
+#: The session leases each worker owns (free ones are in no count).
+PER_WORKER = "SELECT count(*) FROM session_leases WHERE worker_id IS NOT NULL GROUP BY worker_id ORDER BY 1 DESC"
 
 CONNECTIONS = """
     SELECT count(*) AS total, count(*) FILTER (WHERE application_name = 'wmq-worker') AS workers
@@ -274,11 +272,17 @@ def run(work: Path, load: Load, latency_ms: int, workers: int, threads: int, war
                     stack.start_worker()
                 if transport != "simulator":  # every lease owned, in fair shares (the slack of one)
                     share = -(-load.instances // workers)
+
+                    def per_worker() -> list[int]:
+                        return [r[0] for r in probe.execute(PER_WORKER)]
+
+                    def spread(counts: list[int]) -> bool:
+                        return sum(counts) == load.instances and len(counts) == workers and counts[0] <= share + 1
+
                     with contextlib.suppress(AssertionError):
-                        wait_until(lambda: probe.execute(SPREAD).fetchone() == (0, workers) and  # type: ignore[index]
-                                   probe.execute(MOST).fetchone()[0] <= share + 1,  # type: ignore[index]
-                                   max(1.0, (t0 - datetime.now(UTC)).total_seconds()), "the shares", interval=0.2)
-                    print(f"leases per worker: {[r[0] for r in probe.execute(PER_WORKER)]}", file=sys.stderr)
+                        wait_until(lambda: spread(per_worker()), max(1.0, (t0 - datetime.now(UTC)).total_seconds()),
+                                   "the shares", interval=0.2)
+                    print(f"leases per worker: {per_worker()}", file=sys.stderr)
                 slack = (t0 - datetime.now(UTC)).total_seconds()
                 print(f"queued and {workers} worker(s) started {slack:.1f} s before T0"
                       + ("" if slack > 0 else ": LATE, raise the lead"), file=sys.stderr, flush=True)

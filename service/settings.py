@@ -106,10 +106,25 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = None
     #: The largest request body the API reads (inline media included); larger ones get a 413.
     api_max_body_bytes: int = 20 * 1024 * 1024
-    #: Threads (and database connections) per worker for posting webhooks, apart from sending.
-    webhook_threads: int = 4
-    #: How long a webhook receiver may take to answer one delivery.
+    #: Threads per worker posting webhooks, apart from sending: posts in flight at once. They
+    #: hold no database connection while a receiver answers (the poster's pool is small).
+    webhook_threads: int = 32
+    #: How long a webhook receiver may take for one delivery, all of it (connect, send, answer).
     webhook_timeout: Duration = 10.0
+    #: Posts in flight at once to one receiver (scheme, host and port) from one worker.
+    webhook_receiver_concurrency: int = 4
+    #: After a rotation, how long deliveries are signed with the previous secret too.
+    webhook_secret_grace: Duration = 24 * 3600.0
+    #: Private hosts and networks the service may reach for customers (webhook receivers, media
+    #: URLs), comma-separated: host names (`hooks.internal`), addresses or CIDR networks
+    #: (`10.1.0.0/16`). Plain http is allowed to these only (or anywhere with OUTBOUND_PLAIN_HTTP).
+    #: Default: none; everything outside the public internet is refused.
+    outbound_allow: str = ""
+    #: Allow plain http (not https) to public hosts for webhooks and media URLs.
+    outbound_plain_http: bool = False
+    #: Bytes of stored message content (inline media included) one instance may have waiting to
+    #: be sent; a send beyond it gets a 413 naming the limit.
+    message_queue_max_pending_bytes: int = 256 * 1024 * 1024
     #: How long a delivery is retried (exponential backoff, 1 s doubling to 5 min) before it is
     #: given up and the instance's next one goes.
     webhook_retry_for: Duration = 3600.0
@@ -135,8 +150,13 @@ class Settings(BaseSettings):
             )
         if self.message_queue_worker_threads < 1:
             raise ValueError("MESSAGE_QUEUE_WORKER_THREADS must be at least 1")
-        if not 1 <= self.webhook_threads <= 64:
-            raise ValueError("WEBHOOK_THREADS must be from 1 to 64")
+        if not 1 <= self.webhook_threads <= 256:
+            raise ValueError("WEBHOOK_THREADS must be from 1 to 256")
+        if not 1 <= self.webhook_receiver_concurrency <= self.webhook_threads:
+            raise ValueError("WEBHOOK_RECEIVER_CONCURRENCY must be from 1 to WEBHOOK_THREADS")
+        if self.admin_token is not None and (len(self.admin_token) < 32 or "CHANGE-ME" in self.admin_token.upper()):
+            raise ValueError("ADMIN_TOKEN must be at least 32 characters and not the template's placeholder "
+                             "(make one with: openssl rand -hex 32)")
         if self.message_queue_max_job_attempts < 1:
             raise ValueError("MESSAGE_QUEUE_MAX_JOB_ATTEMPTS must be at least 1")
         if self.message_queue_min_jitter > self.message_queue_max_jitter:

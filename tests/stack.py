@@ -30,7 +30,7 @@ from service.db import make_async_pool, make_pool
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-of-at-least-32-characters"
 T = TypeVar("T")
 
 #: Settings for fast, deterministic tests: no jitter, quick polls and liveness.
@@ -48,6 +48,9 @@ TEST_ENV = {
     "MESSAGE_QUEUE_RETRY_MIN_BACKOFF": "100ms",
     "MESSAGE_QUEUE_RETRY_MAX_BACKOFF": "1s",
     "LOG_LEVEL": "INFO",
+    # The tests' webhook receivers and media servers listen on 127.0.0.1, which the service
+    # refuses by default (service/outbound.py); tests of that refusal set OUTBOUND_ALLOW="".
+    "OUTBOUND_ALLOW": "127.0.0.1",
 }
 
 

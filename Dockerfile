@@ -19,10 +19,10 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 PORT=8000 DATA_DIR=/var/lib/wmq WORKER_METRICS_PORT=9100
-RUN useradd --system --uid 10001 --home-dir /var/lib/wmq --create-home wmq
+RUN groupadd --system --gid 10001 wmq && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/wmq --create-home wmq
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels whatsapp-message-queue && rm -rf /wheels
-USER 10001
+USER 10001:10001
 WORKDIR /var/lib/wmq
 EXPOSE 8000 9100
 # The API answers /healthz; a worker's heartbeat thread went round lately (`wmq healthcheck`).

@@ -24,6 +24,10 @@ from tests.webhook_receiver import Receiver
 
 TEMPLATE = "wmq_test_template"
 
+# What runs in the test process itself (media fetched by a transport under test) may reach the
+# tests' own listeners on 127.0.0.1, as the stacks' processes may (tests/stack.py TEST_ENV).
+os.environ.setdefault("OUTBOUND_ALLOW", "127.0.0.1")
+
 
 @pytest.fixture(scope="session")
 def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

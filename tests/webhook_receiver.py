@@ -51,8 +51,13 @@ def configure(stack: Stack, instance: dict[str, Any], route: str, url: str) -> N
     assert response.status_code == 200 and response.json() == {"value": True}, response.text
 
 
-def verify(secret: str, request: dict[str, Any]) -> bool:
-    """What a receiver does with X-WMQ-Signature (README)."""
-    fields = dict(part.split("=", 1) for part in request["headers"]["X-WMQ-Signature"].split(","))
-    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + request["raw"], hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, fields["v1"])
+def verify(secret: str, request: dict[str, Any], delivery: str | None = None) -> bool:
+    """What a receiver does with X-WMQ-Signature (README): any `v2` made with the secret over the
+    time, the delivery id (`delivery`: the id to check, by default the X-WMQ-Delivery header)
+    and the body."""
+    parts = [part.split("=", 1) for part in request["headers"]["X-WMQ-Signature"].split(",")]
+    timestamp = dict(parts)["t"]
+    delivery = request["headers"]["X-WMQ-Delivery"] if delivery is None else delivery
+    signed = f"{timestamp}.{delivery}.".encode() + request["raw"]
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, value) for key, value in parts if key == "v2")

@@ -74,7 +74,8 @@ def run_worker(settings: Settings, database_url: str) -> int:
     maintenance = MaintenanceLoop(pool, tasks, settings.message_queue_maintenance_interval)
     waker = DueTimeWaker(database_url, queues) if settings.message_queue_due_wakeup else None
     poster = WebhookPoster(core, database_url, threads=settings.webhook_threads, timeout=settings.webhook_timeout,
-                           retry_for=settings.webhook_retry_for)
+                           retry_for=settings.webhook_retry_for,
+                           receiver_concurrency=settings.webhook_receiver_concurrency)
 
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=1000)
     # Claim no more than we can run: messages claimed ahead by a worker that dies wait out the

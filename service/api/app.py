@@ -67,6 +67,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
           for event in WEBHOOK_EVENTS),
         Route(f"{INSTANCE}/update-every-webhooks", e.update_webhook(tuple(WEBHOOK_EVENTS)), methods=["PUT"]),
         Route(f"{INSTANCE}/webhooks", e.webhook_settings, methods=["GET"]),
+        Route(f"{INSTANCE}/rotate-webhook-secret", e.rotate_webhook_secret, methods=["POST"]),
         Route(f"{INSTANCE}/webhook-deliveries", e.webhook_deliveries, methods=["GET"]),
     ]
     if settings.whatsapp_transport == "simulator":  # the simulator's own knobs, for tests and demos

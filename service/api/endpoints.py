@@ -486,7 +486,16 @@ async def webhook_settings(request: Request) -> Response:
     row = await call(webhooks.settings, core(request), instance.id) or {}
     return JSONResponse({"delivery": row.get("delivery_url"), "messageStatus": row.get("message_status_url"),
                          "connected": row.get("connected_url"), "disconnected": row.get("disconnected_url"),
-                         "secret": row.get("secret")})
+                         "secret": row.get("secret"),
+                         "previousSecretValidUntil": iso(row.get("previous_secret_until"))})
+
+
+async def rotate_webhook_secret(request: Request) -> Response:
+    """A new signing secret; the previous one keeps signing beside it (a second `v2`) for
+    `WEBHOOK_SECRET_GRACE`, so the receiver can switch without losing a delivery."""
+    instance = await authenticated(request)
+    row = await call(webhooks.rotate_secret, core(request), instance.id, core(request).settings.webhook_secret_grace)
+    return JSONResponse({"secret": row["secret"], "previousSecretValidUntil": iso(row["previous_secret_until"])})
 
 
 async def webhook_deliveries(request: Request) -> Response:
@@ -499,7 +508,8 @@ async def webhook_deliveries(request: Request) -> Response:
         "attempts": r["attempts"], "nextAttemptAt": iso(r["next_attempt_at"]),
         "lastAttemptAt": iso(r["last_attempt_at"]), "lastStatus": r["last_status"], "lastError": r["last_error"],
         "deliveredAt": iso(r["delivered_at"]), "givenUpAt": iso(r["given_up_at"]),
-        "status": "delivered" if r["delivered_at"] else "given up" if r["given_up_at"] else "pending",
+        "status": "delivered" if r["delivered_at"] else "given up" if r["given_up_at"]
+        else "posting" if r["posting_since"] else "pending",
     } for r in rows])
 
 

@@ -149,6 +149,8 @@ def _routes() -> dict[str, dict[str, Any]]:
         **webhook_routes,
         f"{INSTANCE}/update-every-webhooks": {"put": _op("set every webhook to one URL", body=url_value)},
         f"{INSTANCE}/webhooks": {"get": _op("the webhook URLs and signing secret")},
+        f"{INSTANCE}/rotate-webhook-secret": {"post": _op(
+            "a new webhook signing secret (the previous one also signs for WEBHOOK_SECRET_GRACE)")},
         f"{INSTANCE}/webhook-deliveries": {"get": _op("the latest webhook deliveries", params=[_query("limit")])},
         "/simulator/instances/{instance}": {"post": _op("simulator knobs", admin=True, body={"type": "object"})},
         "/simulator/instances/{instance}/events": {"get": _op("what the simulator saw", admin=True)},

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from service import outbound
 from service.core.message_types import Field, MessageType
 from service.core.models import PENDING_STATUSES, MessageRequest
 
@@ -43,7 +44,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise ValidationError("body", "request body is empty; send a JSON object")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_NonFinite)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValidationError("body", f"request body is not valid JSON: {error}") from None
     except RecursionError:
@@ -54,10 +55,20 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
+class _NonFinite:
+    """`NaN`, `Infinity` or `-Infinity` where a value was: Python's json reads them, JSON and
+    PostgreSQL do not. Kept as a marker until the walk below names the field it is in."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 def _check_storable(value: Any, where: str, depth: int) -> None:
     """PostgreSQL cannot store NUL characters or unpaired surrogates; refuse them by name."""
     if depth > MAX_JSON_DEPTH:
         raise ValidationError(where, f"{where} is nested too deeply")
+    if isinstance(value, _NonFinite):
+        raise ValidationError(where, f"{where} must be a finite number: JSON has no {value.name}")
     if isinstance(value, str):
         if "\x00" in value:
             raise ValidationError(where, f"{where} contains a NUL character")
@@ -216,10 +227,16 @@ def path_fields(params: dict[str, Any]) -> dict[str, str]:
 
 
 def url(data: dict[str, Any], name: str) -> str:
+    """A URL the service will fetch or post to for the customer: https (plain http only where the
+    operator allows it), and no literal address outside the public internet (names are checked
+    again, resolved, when the worker connects: service/outbound.py)."""
     value = non_empty_text(data, name, max_length=2048).strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(name, f"{name} must be an http(s) URL")
+    refusal = outbound.policy().refusal(value)
+    if refusal is not None:
+        raise ValidationError(name, f"{name}: {refusal}")
     return value
 
 

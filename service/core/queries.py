@@ -257,33 +257,48 @@ SET_WEBHOOKS = """
 
 WEBHOOK_DELIVERIES = """
     SELECT id, event, url, body, created_at, attempts, next_attempt_at, last_attempt_at, last_status,
-           last_error, delivered_at, given_up_at
+           last_error, delivered_at, given_up_at, posting_since
       FROM webhook_deliveries WHERE instance_id = %(instance_id)s ORDER BY id DESC LIMIT %(limit)s
 """
 
 DUE_WEBHOOK_INSTANCES = """
-    SELECT DISTINCT instance_id FROM webhook_deliveries
+    SELECT DISTINCT ON (instance_id) instance_id, wmq_webhook_origin(url) AS origin
+      FROM webhook_deliveries
      WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= now()
+       AND instance_id <> ALL(%(busy)s::uuid[]) AND wmq_webhook_origin(url) <> ALL(%(blocked)s::text[])
+     ORDER BY instance_id, id
      LIMIT %(limit)s
 """
 
-WEBHOOK_HEAD = """
-    SELECT h.*, d.event FROM wmq_webhook_head(%(instance_id)s) h JOIN webhook_deliveries d ON d.id = h.id
-"""
+WEBHOOK_CLAIM = "SELECT * FROM wmq_webhook_claim(%(instance_id)s, %(hold_s)s)"
 
+# The outcome of a claimed attempt, fenced by its attempt number: a poster that stood still past
+# its hold, while another took the delivery up again, records nothing.
 WEBHOOK_DELIVERED = """
     UPDATE webhook_deliveries
-       SET delivered_at = now(), attempts = attempts + 1, last_attempt_at = now(), last_status = %(status)s,
-           last_error = NULL
-     WHERE id = %(id)s
+       SET delivered_at = now(), last_status = %(status)s, last_error = NULL, posting_since = NULL
+     WHERE id = %(id)s AND attempts = %(attempt)s AND delivered_at IS NULL AND given_up_at IS NULL
+    RETURNING instance_id
 """
 
 WEBHOOK_FAILED = """
     UPDATE webhook_deliveries
-       SET attempts = attempts + 1, last_attempt_at = now(), last_status = %(status)s, last_error = %(error)s,
+       SET last_status = %(status)s, last_error = %(error)s, posting_since = NULL,
            next_attempt_at = now() + make_interval(secs => %(backoff_s)s),
            given_up_at = CASE WHEN %(give_up)s THEN now() END
-     WHERE id = %(id)s
+     WHERE id = %(id)s AND attempts = %(attempt)s AND delivered_at IS NULL AND given_up_at IS NULL
+    RETURNING instance_id
+"""
+
+# Wakes the posters at once for the instance's next delivery.
+WEBHOOK_NEXT = "SELECT pg_notify('wmq_webhooks', %(instance_id)s::text)"
+
+ROTATE_WEBHOOK_SECRET = """
+    INSERT INTO instance_webhooks AS w (instance_id, secret) VALUES (%(instance_id)s, %(secret)s)
+    ON CONFLICT (instance_id) DO UPDATE SET
+        previous_secret = w.secret, previous_secret_until = now() + make_interval(secs => %(grace_s)s),
+        secret = EXCLUDED.secret, updated_at = now()
+    RETURNING *
 """
 
 # --- metrics (service/core/metrics.py) ------------------------------------------------------------

@@ -3,7 +3,9 @@ the steps of posting them (workers/webhooks.py posts; service/sql/functions/70_w
 deliveries in the transactions of the changes they report).
 
 A delivery is posted until the receiver answers 2xx, retried with exponential backoff for
-`WEBHOOK_RETRY_FOR`, then given up; deliveries of one instance go out one at a time, in order.
+`WEBHOOK_RETRY_FOR`, then given up (`retry_policy`); deliveries of one instance go out one at a
+time, in order. Each attempt is claimed (counted) before its POST and recorded after it, with no
+transaction open in between.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import dict_row
 
 from service.core import queries
 from service.core.context import Core
@@ -48,35 +49,67 @@ def deliveries(core: Core, instance_id: UUID, limit: int) -> list[dict[str, Any]
     return core.all(queries.WEBHOOK_DELIVERIES, instance_id=instance_id, limit=limit)
 
 
-def due_instances(core: Core, limit: int = 100) -> list[UUID]:
-    return [r["instance_id"] for r in core.all(queries.DUE_WEBHOOK_INSTANCES, limit=limit)]
+def due(core: Core, *, busy: list[UUID], blocked: list[str], limit: int = 100) -> list[tuple[UUID, str]]:
+    """Instances with a delivery due, and the receiver (origin) of each one's first due delivery;
+    leaving out the instances in `busy` and the receivers in `blocked` (at their concurrency cap
+    or backed off), so that those never crowd the others out of the answer."""
+    rows = core.all(queries.DUE_WEBHOOK_INSTANCES, busy=busy, blocked=blocked, limit=limit)
+    return [(r["instance_id"], r["origin"]) for r in rows]
 
 
-def backoff(attempts: int) -> float:
-    """Seconds before the next try after `attempts` failed ones: 1, 2, 4 … up to 5 minutes."""
-    return float(min(2 ** max(attempts - 1, 0), 300))
+#: Claims of one delivery that never got an outcome (the poster died mid-post) before it is
+#: given up: a delivery that kills its poster must not kill the next one too.
+MAX_UNFINISHED_ATTEMPTS = 3
 
 
-class Posting:
-    """One delivery being posted: the instance's row lock is held (its transaction is open)
-    until `done` or `failed`, so no other poster can post the instance's next one before it."""
-
-    def __init__(self, conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
-        self.conn = conn
-        self.row = row
-
-    def done(self, status: int) -> None:
-        self.conn.execute(queries.WEBHOOK_DELIVERED, {"id": self.row["id"], "status": status})
-
-    def failed(self, status: int | None, error: str, give_up: bool) -> None:
-        self.conn.execute(queries.WEBHOOK_FAILED, {
-            "id": self.row["id"], "status": status, "error": error[:500],
-            "backoff_s": backoff(self.row["attempts"] + 1), "give_up": give_up})
+def retry_policy(*, attempts: int, age_s: float, retry_for_s: float, unfinished: int = 0) -> tuple[bool, float, str]:
+    """The one retry policy of deliveries, after `attempts` failed tries of a delivery `age_s`
+    old: (give it up?, seconds before the next try, why it is given up). Tries go 1 s, 2 s, 4 s …
+    up to 5 minutes apart for `WEBHOOK_RETRY_FOR`; a delivery whose posts never finish is given
+    up after `MAX_UNFINISHED_ATTEMPTS` of them."""
+    backoff = float(min(2 ** max(attempts - 1, 0), 300))
+    if unfinished >= MAX_UNFINISHED_ATTEMPTS:
+        return True, backoff, f"given up: {unfinished} posts never finished (the worker posting it stopped)"
+    if age_s >= retry_for_s:
+        return True, backoff, f"given up after {attempts} attempts in {retry_for_s:g} s"
+    return False, backoff, ""
 
 
-def head(conn: psycopg.Connection[Any], instance_id: UUID) -> Posting | None:
-    """The instance's next delivery, if it is due and no other poster has the instance. Call in
-    a transaction: the lock lasts as long as it."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(queries.WEBHOOK_HEAD, {"instance_id": instance_id}).fetchone()
-    return Posting(conn, row) if row else None
+def claim(core: Core, instance_id: UUID, hold_s: float) -> dict[str, Any] | None:
+    """The instance's next delivery, claimed for one attempt (counted now, before the POST), if
+    it is due and no other poster has the instance; held, not due, for `hold_s`."""
+    return core.one(queries.WEBHOOK_CLAIM, instance_id=instance_id, hold_s=hold_s)
+
+
+def delivered(core: Core, claimed: dict[str, Any], status: int) -> bool:
+    """Record the claimed attempt's success (and wake the posters for the next delivery);
+    False when the claim was no longer ours."""
+    return _record(core, queries.WEBHOOK_DELIVERED, id=claimed["id"], attempt=claimed["attempts"], status=status)
+
+
+def failed(core: Core, claimed: dict[str, Any], *, status: int | None, error: str, backoff_s: float,
+           give_up: bool) -> bool:
+    """Record the claimed attempt's failure: tried again after `backoff_s`, or given up (the
+    instance's next delivery then goes at once)."""
+    return _record(core, queries.WEBHOOK_FAILED, id=claimed["id"], attempt=claimed["attempts"], status=status,
+                   error=error[:500], backoff_s=backoff_s, give_up=give_up)
+
+
+def _record(core: Core, statement: str, **params: Any) -> bool:
+    with core.pool.connection() as conn, conn.transaction():
+        row = conn.execute(statement, params).fetchone()
+        if row is not None:
+            conn.execute(queries.WEBHOOK_NEXT, {"instance_id": row[0]})
+    return row is not None
+
+
+def rotate_secret(core: Core, instance_id: UUID, grace_s: float) -> dict[str, Any]:
+    """A new signing secret for the instance; the previous one stays valid beside it (deliveries
+    carry both signatures) for `grace_s`, so receivers can switch without losing a delivery."""
+    try:
+        row = core.one(queries.ROTATE_WEBHOOK_SECRET, instance_id=instance_id, secret=secrets.token_hex(32),
+                       grace_s=grace_s)
+    except psycopg.errors.ForeignKeyViolation:
+        raise InstanceNotFound("instance not found") from None
+    assert row is not None
+    return row

@@ -297,7 +297,7 @@ def test_a_session_bound_instance_is_dispatched_to_the_sessions_queue(core: Core
     ]
 
 
-def test_the_claim_and_the_webhook_head_read_their_rows_by_key(core: Core) -> None:
+def test_the_claim_and_the_webhook_claim_read_their_rows_by_key(core: Core) -> None:
     """Both statements join a set-returning function to a table; told it returns one row, the
     planner reads that table by key instead of scanning it (a scan per message grew the claim's
     cost with the messages kept: bench/paced.py)."""
@@ -311,7 +311,8 @@ def test_the_claim_and_the_webhook_head_read_their_rows_by_key(core: Core) -> No
     execute(core, "ANALYZE messages")
     execute(core, "ANALYZE webhook_deliveries")
     for statement, params in ((queries.CLAIM, {"zaap_id": "0" * 32, "dispatch_id": uuid4(), "worker_id": uuid4()}),
-                              (queries.WEBHOOK_HEAD, {"instance_id": target})):
+                              (queries.WEBHOOK_CLAIM, {"instance_id": target, "hold_s": 15.0}),
+                              (queries.DUE_WEBHOOK_INSTANCES, {"busy": [], "blocked": [], "limit": 100})):
         with core.pool.connection() as conn:
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, params).fetchall())
         assert "Seq Scan" not in plan, plan

@@ -95,26 +95,42 @@ $$;
 CREATE TRIGGER wmq_instance_connection_webhooks AFTER UPDATE OF connection_state ON instances
     FOR EACH ROW EXECUTE FUNCTION wmq_connection_webhooks();
 
--- The poster's step for one instance: the oldest pending delivery, locked, if it is due and no
--- other poster holds the instance (the instance's settings row is the lock: deliveries of one
--- instance go out one at a time, in order).
-CREATE FUNCTION wmq_webhook_head(p_instance uuid)
-RETURNS TABLE (id bigint, url text, body jsonb, attempts integer, created_at timestamptz, secret text)
--- One row at most (the instance's next delivery): joined by key in WEBHOOK_HEAD, not scanned.
+-- A receiver, as the posters count it (concurrency cap, circuit): the URL's host and port as
+-- written, lower-cased, without the user part.
+CREATE FUNCTION wmq_webhook_origin(p_url text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT lower(substring(p_url, '^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?([^/?#]+)'))
+$$;
+
+-- The poster's claim of an instance's next delivery: the oldest pending one, if it is due and no
+-- other poster holds the instance. The claim is the attempt's record, made before the POST: the
+-- attempt is counted, `posting_since` set, and the delivery held (not due) for `p_hold_s`, the
+-- post's whole deadline and a margin; the transaction ends before the POST, so no lock or
+-- transaction spans the receiver's answer, and the instance's later deliveries wait behind the
+-- held one (order kept). A claim found on a delivery whose previous claim got no outcome counts
+-- it in `unfinished_attempts`: its poster died mid-post.
+CREATE FUNCTION wmq_webhook_claim(p_instance uuid, p_hold_s double precision)
+RETURNS TABLE (id bigint, event text, url text, origin text, body jsonb, attempts integer, created_at timestamptz,
+               unfinished_attempts integer, secret text, previous_secret text)
 LANGUAGE plpgsql ROWS 1 AS $$
 DECLARE
-    v_secret text;
+    v_settings instance_webhooks%ROWTYPE;
+    v_head bigint;
 BEGIN
-    SELECT w.secret INTO v_secret FROM instance_webhooks w WHERE w.instance_id = p_instance
-       FOR UPDATE SKIP LOCKED;
-    IF v_secret IS NULL THEN
-        RETURN;  -- another poster has it (or the instance is gone)
+    SELECT * INTO v_settings FROM instance_webhooks w WHERE w.instance_id = p_instance FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;  -- another poster is claiming (or the instance is gone)
     END IF;
+    SELECT min(p.id) INTO v_head FROM webhook_deliveries p
+     WHERE p.instance_id = p_instance AND p.delivered_at IS NULL AND p.given_up_at IS NULL;
     RETURN QUERY
-        SELECT d.id, d.url, d.body, d.attempts, d.created_at, v_secret FROM webhook_deliveries d
-         WHERE d.instance_id = p_instance AND d.delivered_at IS NULL AND d.given_up_at IS NULL
-           AND d.next_attempt_at <= now()
-           AND d.id = (SELECT min(p.id) FROM webhook_deliveries p WHERE p.instance_id = p_instance
-                         AND p.delivered_at IS NULL AND p.given_up_at IS NULL);
+        UPDATE webhook_deliveries d
+           SET attempts = d.attempts + 1, last_attempt_at = now(),
+               unfinished_attempts = d.unfinished_attempts + (d.posting_since IS NOT NULL)::integer,
+               posting_since = now(), next_attempt_at = now() + make_interval(secs => p_hold_s)
+         WHERE d.id = v_head AND d.next_attempt_at <= now()
+        RETURNING d.id, d.event, d.url, wmq_webhook_origin(d.url), d.body, d.attempts, d.created_at,
+                  d.unfinished_attempts, v_settings.secret,
+                  CASE WHEN v_settings.previous_secret_until > now() THEN v_settings.previous_secret END;
 END
 $$;

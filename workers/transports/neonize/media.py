@@ -9,9 +9,9 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
-import httpx
-
+from service.outbound import Client, OutboundError
 from workers.transports.base import PermanentSendError, RetryableSendError
 
 #: Larger media is refused (WhatsApp's own limits are lower for most types).
@@ -45,23 +45,27 @@ def _b64(text: str) -> bytes:
 
 
 def _download(url: str, timeout: float) -> Media:
+    """Through the one guarded client (service/outbound.py): public addresses only, each redirect
+    hop checked, one deadline for the whole download, the cap counted on decoded bytes."""
     try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if 400 <= response.status_code < 500:
-                raise PermanentSendError(f"media download refused: HTTP {response.status_code} for {url}")
-            if response.status_code >= 500:
-                raise RetryableSendError(f"media download failed: HTTP {response.status_code} for {url}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_MEDIA_BYTES:
-                    raise PermanentSendError(f"media larger than {MAX_MEDIA_BYTES} bytes: {url}")
-                chunks.append(chunk)
-            mimetype = response.headers.get("content-type", "").split(";")[0].strip() or None
-            return Media(b"".join(chunks), mimetype)
-    except (httpx.ConnectError, httpx.TimeoutException, httpx.UnsupportedProtocol, httpx.TooManyRedirects) as error:
-        # Unreachable, or too slow to come within one attempt: the message says so and the
-        # instance's queue moves on (a retry would hold it again for as long).
-        raise PermanentSendError(f"media could not be fetched from {url}: {type(error).__name__}: {error}") from None
-    except httpx.HTTPError as error:
-        raise RetryableSendError(f"media download failed: {error}") from None
+        answer = _client().get(url, timeout=timeout, max_bytes=MAX_MEDIA_BYTES)
+    except OutboundError as failure:
+        # Refused, unreachable, too slow or too large: the message says so in our words and the
+        # instance's queue moves on (a retry would hold it again for as long); a connection
+        # broken midway may do better next time.
+        error = f"media could not be fetched: {failure.reason}"
+        if failure.reason in ("the connection broke", "the answer was not valid HTTP"):
+            raise RetryableSendError(error) from None
+        raise PermanentSendError(error) from None
+    if 400 <= answer.status < 500:
+        raise PermanentSendError(f"media download refused: HTTP {answer.status}")
+    if answer.status >= 500:
+        raise RetryableSendError(f"media download failed: HTTP {answer.status}")
+    if answer.status >= 300:
+        raise PermanentSendError(f"media download answered HTTP {answer.status} without a usable redirect")
+    return Media(answer.body, answer.mimetype)
+
+
+@lru_cache(maxsize=1)
+def _client() -> Client:
+    return Client()

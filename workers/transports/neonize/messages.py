@@ -139,16 +139,17 @@ def text(payload: dict[str, Any], build: Build) -> Message:
 
 def image(payload: dict[str, Any], build: Build) -> Message:
     media = build.fetch(_required(payload, "image"))
-    seen = mediainfo.picture(media.data)
-    size = {"width": seen.width, "height": seen.height, "JPEGThumbnail": seen.thumbnail} if seen else {}
+    seen = mediainfo.picture(media.data)  # PermanentSendError if it is no image, or a bomb
     return Message(imageMessage=ImageMessage(
         caption=payload.get("caption"), mimetype=_sniff(media, "image"), viewOnce=bool(payload.get("viewOnce")),
-        **size, **_uploaded(build.upload(media.data, MediaType.MediaImage))))
+        width=seen.width, height=seen.height, JPEGThumbnail=seen.thumbnail,
+        **_uploaded(build.upload(media.data, MediaType.MediaImage))))
 
 
 def audio(payload: dict[str, Any], build: Build) -> Message:
     """A voice note when asked (`ptt`, the default) and the audio is, or can be made, Opus in OGG;
-    otherwise an audio file, which phones play whatever its codec."""
+    otherwise an audio file, which phones play whatever its codec. Audio ffmpeg reads must be in
+    a format it is taken in and readable (mediainfo: PermanentSendError otherwise)."""
     media = build.fetch(_required(payload, "audio"))
     data, voice = media.data, False
     if payload.get("ptt", True):
@@ -160,7 +161,7 @@ def audio(payload: dict[str, Any], build: Build) -> Message:
                 data, voice = converted, True
             else:
                 build.notes.append("not Opus and no ffmpeg to convert it: sent as an audio file, not a voice note")
-    seconds = mediainfo.ogg_opus_seconds(data) if voice else mediainfo.seconds(data)
+    seconds = mediainfo.ogg_opus_seconds(data) if voice else mediainfo.seconds(data, "audio")
     return Message(audioMessage=AudioMessage(
         PTT=voice, mimetype=VOICE_MIMETYPE if voice else _sniff(media, "audio"),
         viewOnce=bool(payload.get("viewOnce")), **({"seconds": seconds} if seconds else {}),
@@ -170,11 +171,11 @@ def audio(payload: dict[str, Any], build: Build) -> Message:
 def video(payload: dict[str, Any], build: Build) -> Message:
     media = build.fetch(_required(payload, "video"))
     extra: dict[str, Any] = {}
-    seconds = mediainfo.seconds(media.data)
+    seconds = mediainfo.seconds(media.data, "video")  # PermanentSendError if not a video ffmpeg can read
     if seconds:
         extra["seconds"] = seconds
     frame = mediainfo.video_frame(media.data)
-    seen = mediainfo.picture(frame) if frame else None
+    seen = mediainfo.picture(frame, "video frame") if frame else None
     if seen:
         extra.update(width=seen.width, height=seen.height, JPEGThumbnail=seen.thumbnail)
     return Message(videoMessage=VideoMessage(
@@ -188,7 +189,7 @@ def document(payload: dict[str, Any], build: Build) -> Message:
     file_name = payload.get("fileName") or (f"document.{extension}" if extension else "document")
     if extension and not file_name.endswith(f".{extension}"):
         file_name = f"{file_name}.{extension}"
-    seen = mediainfo.picture(media.data)  # an image sent as a document keeps its preview
+    seen = mediainfo.preview(media.data)  # an image sent as a document keeps its preview
     return Message(documentMessage=DocumentMessage(
         mimetype=_sniff(media, "document", extension), fileName=file_name, title=file_name,
         caption=payload.get("caption"), **({"JPEGThumbnail": seen.thumbnail} if seen else {}),
@@ -280,10 +281,7 @@ def option_list(payload: dict[str, Any], build: Build) -> Message:
 
 def sticker(payload: dict[str, Any], build: Build) -> Message:
     media = build.fetch(_required(payload, "sticker"))
-    try:
-        webp = mediainfo.sticker_webp(media.data)
-    except Exception as error:
-        raise PermanentSendError(f"sticker is not an image Pillow can read: {error}") from None
+    webp = mediainfo.sticker_webp(media.data)  # PermanentSendError if it is no image, or a bomb
     return Message(stickerMessage=StickerMessage(
         mimetype="image/webp", width=512, height=512, isAnimated=False,
         **_uploaded(build.upload(webp, MediaType.MediaImage))))
@@ -322,10 +320,8 @@ def link(payload: dict[str, Any], build: Build) -> Message:
         body = f"{body}\n{url}"
     preview: dict[str, Any] = {}
     if payload.get("image"):
-        seen = mediainfo.picture(build.fetch(str(payload["image"])).data)
-        if seen:
-            preview = {"JPEGThumbnail": seen.thumbnail, "thumbnailWidth": seen.width,
-                       "thumbnailHeight": seen.height}
+        seen = mediainfo.picture(build.fetch(str(payload["image"])).data, "link preview image")
+        preview = {"JPEGThumbnail": seen.thumbnail, "thumbnailWidth": seen.width, "thumbnailHeight": seen.height}
     return Message(extendedTextMessage=ExtendedTextMessage(
         text=body, matchedText=url, title=payload.get("title"),
         description=payload.get("linkDescription"), previewType=ExtendedTextMessage.PreviewType.NONE, **preview))

@@ -286,8 +286,9 @@ class Answer:
 class Client:
     """The outbound client: one per process (or per use), thread-safe, pooled."""
 
-    def __init__(self, policy: Policy | None = None, *, max_connections: int = 100) -> None:
-        self.policy = policy if policy is not None else globals()["policy"]()
+    def __init__(self, allowed: Policy | None = None, *, max_connections: int = 100) -> None:
+        """`allowed`: what may be reached; by default the process's policy (its settings)."""
+        self.policy = allowed if allowed is not None else policy()
         transport = httpx.HTTPTransport(trust_env=False)
         # httpx takes no network backend, httpcore does: the pool is httpx's own, re-made with ours.
         transport._pool = httpcore.ConnectionPool(

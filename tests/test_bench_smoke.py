@@ -27,6 +27,8 @@ from tests.stack import ROOT
          "| 3 | 20 |"),
         ("paced.py", ["--instances", "4", "--per-instance", "3", "--interval", "1", "--workers", "1", "--threads", "4",
                       "--warmup", "0.5", "--grace", "3"], "| 4 × 1/1 s | 1 × 4 |"),
+        ("webhooks.py", ["--threads", "8", "--slow", "1", "--instances", "2", "--per-instance", "2", "--timeout", "1"],
+         "| 8 | 1 | 4 |"),
         # dramatiq-postgres alone: the dramatiq-pg side needs its own venv (a pip install); `make bench` runs it.
         ("broker_choice.py", ["--only", "dramatiq-postgres", "--order", "20", "--drain", "200", "--future", "20",
                               "--timeout", "5"], "| dramatiq-postgres |"),

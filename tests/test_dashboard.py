@@ -209,3 +209,22 @@ def test_actions_refuse_other_sites_and_pages_show_nothing_without_a_login(stack
     found = anonymous.get("/dashboard", params={"q": "leste"}, headers=bearer).text
     assert "Loja Leste" in found and "Loja Oeste" not in found
     assert "Loja Oeste" in anonymous.get("/dashboard", params={"q": "OESTE"}, headers=bearer).text
+
+
+def test_the_dashboard_rotates_an_instances_webhook_secret(stack: Stack) -> None:
+    shop = stack.create_instance(name="Loja Norte")
+    assert stack.http.put(f"{stack.base(shop)}/update-webhook-delivery",
+                          json={"value": "https://hooks.example.com/x"}).status_code == 200
+    before = stack.http.get(f"{stack.base(shop)}/webhooks").json()["secret"]
+    client, csrf = session(stack)
+    rotate = f"/dashboard/instances/{shop['id']}/rotate-webhook-secret"
+    assert client.post(rotate, data={"csrf": "forged"}).status_code == 403
+    assert stack.http.get(f"{stack.base(shop)}/webhooks").json()["secret"] == before
+    answer = client.post(rotate, data={"csrf": csrf}, headers={"Origin": str(stack.http.base_url)})
+    assert answer.status_code == 303
+    after = stack.http.get(f"{stack.base(shop)}/webhooks").json()
+    assert after["secret"] != before and after["previousSecretValidUntil"]
+    page = client.get(answer.headers["location"], headers={"Accept": "text/html"}).text
+    assert "Webhook secret rotated" in page and after["secret"] not in page and before not in page
+    assert "Rotate webhook secret" in client.get(f"/dashboard/instances/{shop['id']}",
+                                                 headers={"Accept": "text/html"}).text

@@ -95,3 +95,24 @@ def test_webhook_urls_are_checked(stack: Stack) -> None:
     configure(stack, instance, "update-webhook-delivery", "https://example.com/hook")
     assert stack.http.put(f"{stack.base(instance)}/update-webhook-delivery", json={"value": ""}).status_code == 200
     assert stack.http.get(f"{stack.base(instance)}/webhooks").json()["delivery"] is None
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_and_the_signature_names_the_delivery(
+        stack: Stack, receiver: Receiver) -> None:
+    instance = stack.create_instance()
+    base = stack.base(instance)
+    configure(stack, instance, "update-webhook-delivery", receiver.url)
+    old = stack.http.get(f"{base}/webhooks").json()["secret"]
+    rotated = stack.http.post(f"{base}/rotate-webhook-secret")
+    assert rotated.status_code == 200, rotated.text
+    new = rotated.json()["secret"]
+    assert new != old and len(new) == 64 and rotated.json()["previousSecretValidUntil"]
+    assert stack.http.get(f"{base}/webhooks").json()["secret"] == new
+    stack.wait_completed([stack.send_text(instance, "signed twice")["zaapId"]], timeout=30)
+    wait_until(lambda: receiver.requests, 30, "the delivery")
+    request = receiver.requests[0]
+    assert request["headers"]["X-WMQ-Signature"].count("v2=") == 2
+    assert verify(new, request) and verify(old, request)
+    assert not verify(new, request, delivery=str(int(request["headers"]["X-WMQ-Delivery"]) + 1)), \
+        "a captured request passed off under another delivery id must not verify"
+    assert stack.http.post(f"/instances/{instance['id']}/token/wrong/rotate-webhook-secret").status_code == 401

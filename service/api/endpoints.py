@@ -1,13 +1,15 @@
 """The HTTP endpoints: plain async functions that validate, call the core, and shape JSON.
 
 The core is synchronous (it is shared with the worker threads); calls to it run in Starlette's
-thread pool, except the send path's, which runs on the event loop (`enqueue`).
+thread pool, except the send path's, which runs on the event loop (`enqueue`). A request body
+over INLINE_PARSE_BYTES is parsed and validated in the thread pool too (`parsed`).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,10 +26,16 @@ from service.core import control, enqueue, instances, reads, sessions, webhooks
 from service.core.context import Core
 from service.core.errors import InstanceNotFound
 from service.core.message_types import MessageType
-from service.core.models import Instance, QueuedMessage
+from service.core.models import Instance, MessageRequest, QueuedMessage
 from service.db import pending_migrations
 
 T = TypeVar("T")
+
+logger = logging.getLogger("wmq.api")
+
+#: A request body up to this size is parsed and validated on the event loop (microseconds); a
+#: larger one (inline media, up to API_MAX_BODY_BYTES) in a thread, so the loop keeps answering.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 def core(request: Request) -> Core:
@@ -36,6 +44,22 @@ def core(request: Request) -> Core:
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_threadpool(fn, *args, **kwargs)
+
+
+async def parsed(raw: bytes, parse: Callable[..., T], *args: Any) -> T:
+    """`parse(*args)` of a request body `raw`: inline when it is small, in a thread when it is
+    larger than INLINE_PARSE_BYTES."""
+    if len(raw) > INLINE_PARSE_BYTES:
+        return await run_in_threadpool(parse, *args)
+    return parse(*args)
+
+
+async def json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request's body as a JSON object (`optional`: an empty body is `{}`), parsed as `parsed` says."""
+    raw = await request.body()
+    if optional and not raw.strip():
+        return {}
+    return await parsed(raw, schemas.parse_json_object, raw)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -106,13 +130,16 @@ async def readyz(request: Request) -> Response:
         with core(request).pool.connection(timeout=5) as conn:
             return pending_migrations(conn)
 
+    # Anyone may ask: the answer names no host, port, path or driver message (the log does).
     try:
         await check_async_pool()
         pending = await call(check)
     except Exception as error:
-        return JSONResponse({"status": "unavailable", "error": f"database: {error}"}, 503)
+        logger.warning("not ready: the database is unreachable", extra={"error": f"{type(error).__name__}: {error}"})
+        return JSONResponse({"status": "unavailable", "error": "database unreachable"}, 503)
     if pending:
-        return JSONResponse({"status": "unavailable", "error": "migrations pending", "pending": pending}, 503)
+        logger.warning("not ready: migrations pending", extra={"pending": pending})
+        return JSONResponse({"status": "unavailable", "error": "migrations pending"}, 503)
     return JSONResponse({"status": "ready"})
 
 
@@ -121,8 +148,7 @@ async def readyz(request: Request) -> Response:
 
 async def create_instance(request: Request) -> Response:
     require_admin(request)
-    raw = await request.body()
-    data = schemas.parse_json_object(raw) if raw.strip() else {}
+    data = await json_object(request, optional=True)
     name = schemas.optional_text(data, "name") or ""
     client_token = schemas.optional_text(data, "clientToken")
     transport = schemas.optional_text(data, "transport")
@@ -162,15 +188,21 @@ async def delete_instance(request: Request) -> Response:
 # -- sending ----------------------------------------------------------------------------------
 
 
+def message_of(message_type: MessageType, raw: bytes, path_params: dict[str, Any]) -> MessageRequest:
+    """A send's body as the core's request: parsed and validated (`parsed` says where)."""
+    body = schemas.parse_json_object(raw)
+    # A path parameter of the route (send-document/{extension}) is a field of the message.
+    body.update(schemas.path_fields(path_params))
+    return schemas.message(message_type, body)
+
+
 def send_route(message_type: MessageType) -> Callable[[Request], Any]:
     """The send endpoint of one message type: validate, enqueue (one commit), then answer."""
 
     async def endpoint(request: Request) -> Response:
         instance = await authenticated(request, cached=True)
-        body = schemas.parse_json_object(await request.body())
-        # A path parameter of the route (send-document/{extension}) is a field of the message.
-        body.update(schemas.path_fields(request.path_params))
-        message = schemas.message(message_type, body)
+        raw = await request.body()
+        message = await parsed(raw, message_of, message_type, raw, request.path_params)
         key = schemas.idempotency_key(request.headers)
         try:
             with metrics.ENQUEUE_SECONDS.labels(message_type.name).time():
@@ -229,8 +261,7 @@ async def queue_cursor(request: Request) -> Response:
     """Z-API's `POST queue`: the messages still to send, `pageSize` at a time, each answer's
     `pagingState` fetching the next page while `hasMore`."""
     instance = await authenticated(request)
-    raw = await request.body()
-    size, after = schemas.cursor_page(schemas.parse_json_object(raw) if raw.strip() else {})
+    size, after = schemas.cursor_page(await json_object(request, optional=True))
     jobs = await call(reads.pending_after, core(request), instance.id, after, size + 1)
     more = len(jobs) > size
     return JSONResponse({"messages": [queue_entry(j) for j in jobs[:size]], "hasMore": more,
@@ -333,7 +364,7 @@ async def switch(request: Request, control_: Any, instance_id: UUID, **knobs: An
 async def simulator_configure(request: Request) -> Response:
     require_admin(request)
     instance_id = instance_id_from(request)
-    data = schemas.parse_json_object(await request.body())
+    data = await json_object(request)
     knobs: dict[str, Any] = {}
     if "connected" in data:
         if not isinstance(data["connected"], bool):
@@ -471,7 +502,7 @@ def update_webhook(events: tuple[str, ...]) -> Callable[[Request], Any]:
 
     async def endpoint(request: Request) -> Response:
         instance = await authenticated(request)
-        value = schemas.parse_json_object(await request.body()).get("value")
+        value = (await json_object(request)).get("value")
         url = None if value in (None, "") else schemas.url({"value": value}, "value")
         await call(webhooks.configure, core(request), instance.id, dict.fromkeys(events, url))
         return JSONResponse({"value": True})
@@ -518,7 +549,7 @@ async def simulator_receipt(request: Request) -> Response:
     RECEIVED, READ or PLAYED (the message's WhatsApp id, as its send returned it)."""
     require_admin(request)
     instance_id = instance_id_from(request)
-    data = schemas.parse_json_object(await request.body())
+    data = await json_object(request)
     kinds = {"RECEIVED": "delivered", "READ": "read", "PLAYED": "played"}
     if data.get("status") not in kinds:
         raise ValidationError("status", "status must be RECEIVED, READ or PLAYED")

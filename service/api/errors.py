@@ -19,6 +19,7 @@ STATUS_OF_KIND: dict[Kind, int] = {
     "unprocessable": 422,
     "rate_limited": 429,
     "invalid": 400,
+    "too_large": 413,
 }
 
 FIELD_OF_SUBJECT: dict[Subject, str] = {
@@ -28,6 +29,7 @@ FIELD_OF_SUBJECT: dict[Subject, str] = {
     "delay": "delayMessage",
     "idempotency_key": "Idempotency-Key",
     "force": "force",
+    "payload": "body",
 }
 
 
@@ -37,9 +39,14 @@ def error(status: int, message: str, field: str) -> JSONResponse:
 
 
 async def on_validation_error(request: Request, exc: Exception) -> Response:
-    """Bad input, wrong credentials and refusals decided by the API itself."""
+    """Bad input, wrong credentials and refusals decided by the API itself (with `Retry-After`
+    when the refusal says how long: service/api/auth.py `TooManyFailures`)."""
     assert isinstance(exc, ValidationError)
-    return error(exc.status, str(exc), exc.field)
+    response = error(exc.status, str(exc), exc.field)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def on_core_error(request: Request, exc: Exception) -> Response:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["not_found", "conflict", "invalid", "unprocessable", "rate_limited"]
-Subject = Literal["instance", "message", "transport", "delay", "idempotency_key", "force"]
+Kind = Literal["not_found", "conflict", "invalid", "unprocessable", "rate_limited", "too_large"]
+Subject = Literal["instance", "message", "transport", "delay", "idempotency_key", "force", "payload"]
 
 
 class CoreError(Exception):
@@ -81,6 +81,18 @@ class RateLimited(CoreError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class PendingBytesExceeded(CoreError):
+    """The instance's messages still to send hold as many stored bytes as it may keep waiting
+    (MESSAGE_QUEUE_MAX_PENDING_BYTES): this large one would pass the limit."""
+
+    kind = "too_large"
+    subject = "payload"
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class IdempotencyKeyReused(CoreError):

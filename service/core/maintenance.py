@@ -49,6 +49,13 @@ def purge_idempotency_keys(core: Core, conn: Connection, batch: int = 10_000) ->
     return int(_rows(conn, queries.PURGE_IDEMPOTENCY_KEYS, ttl=IDEMPOTENCY_TTL, batch=batch)[0]["purged"])
 
 
+def purge_webhook_deliveries(core: Core, conn: Connection, batch: int = 10_000) -> int:
+    """Delete webhook deliveries finished (delivered or given up) before the retention period."""
+    rows = _rows(conn, queries.PURGE_WEBHOOK_DELIVERIES, retention_s=core.settings.message_queue_retention_period,
+                 batch=batch)
+    return int(rows[0]["purged"])
+
+
 def purge_finished(core: Core, conn: Connection, batch: int = 10_000) -> int:
     """Delete finished messages older than MESSAGE_QUEUE_RETENTION_PERIOD; how many went."""
     rows = _rows(conn, queries.PURGE_FINISHED, retention_s=core.settings.message_queue_retention_period, batch=batch)

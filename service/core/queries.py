@@ -9,13 +9,15 @@ transport's module alone.
 from service.core.models import PENDING_STATUSES
 
 # The status shown to users: `available` is derived (dispatched, due, waiting for a thread).
+# The payload as shown (service/sql/functions/35_payloads.sql): inline media as a short reference,
+# so no listing carries it; the stored one is MESSAGE_PAYLOAD.
 MESSAGE_COLUMNS = """
-    m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, m.payload,
+    m.zaap_id, m.instance_id, m.sequence, m.message_type, m.phone, wmq_payload_shown(m.payload) AS payload,
     CASE WHEN m.status = 'scheduled' AND m.dispatch_id IS NOT NULL AND m.available_at <= now()
               AND NOT (SELECT paused FROM instances i WHERE i.id = m.instance_id)
          THEN 'available' ELSE m.status END AS status,
     m.delay_message_ms, m.delay_typing_ms, m.scheduled_at, m.available_at,
-    m.attempts, m.max_attempts, m.last_error, m.whatsapp_message_id,
+    m.attempts, m.max_attempts, left(m.last_error, 1000) AS last_error, m.whatsapp_message_id,
     m.enqueued_at, m.started_at, m.sent_at, m.finished_at, m.worker_id, m.phase,
     m.delivered_at, m.read_at, m.played_at
 """
@@ -62,6 +64,10 @@ ENQUEUE = """
         %(delay_ms)s, %(typing_ms)s, %(jitter_ms)s, %(scheduled_for)s,
         %(max_attempts)s, %(queue)s, %(actor)s)
 """
+
+# Before the enqueue of a large payload, in its transaction: the instance lock, and the stored
+# bytes of its unfinished messages' payloads (service/sql/functions/35_payloads.sql).
+PENDING_PAYLOAD_BYTES = "SELECT wmq_pending_payload_bytes(%(instance_id)s, %(key)s, %(ttl)s) AS bytes"
 
 # With, for the logs and the metrics, the due time and (by the database's clock) how late the
 # claim is against it and how long since the message was accepted; read beside the function, so
@@ -186,6 +192,8 @@ PURGE_FINISHED = "SELECT wmq_purge_finished(%(retention_s)s, %(batch)s) AS purge
 
 PURGE_IDEMPOTENCY_KEYS = "SELECT wmq_purge_idempotency_keys(%(ttl)s, %(batch)s) AS purged"
 
+PURGE_WEBHOOK_DELIVERIES = "SELECT wmq_purge_webhook_deliveries(%(retention_s)s, %(batch)s) AS purged"
+
 # --- reads -----------------------------------------------------------------------------------
 
 GET_MESSAGE = f"""
@@ -206,10 +214,14 @@ _MESSAGES_OF_INSTANCE = f"""
         OR (%(status)s = 'pending' AND j.status IN ({", ".join(f"'{s}'" for s in PENDING_STATUSES)}))
 """
 
+# The page is chosen first, by sequence alone, so that the rows OFFSET skips are never read
+# whole (wmq_payload_shown reads a large payload).
 LIST_MESSAGES = f"""
-    {_MESSAGES_OF_INSTANCE}
-     ORDER BY j.sequence
-     LIMIT %(limit)s OFFSET %(offset)s
+    SELECT {MESSAGE_COLUMNS} FROM messages m
+     WHERE m.instance_id = %(instance_id)s AND m.sequence IN (
+           SELECT page.sequence FROM ({_MESSAGES_OF_INSTANCE} ORDER BY j.sequence
+                                      LIMIT %(limit)s OFFSET %(offset)s) page)
+     ORDER BY m.sequence
 """
 
 COUNT_MESSAGES = f"SELECT count(*) AS total FROM ({_MESSAGES_OF_INSTANCE}) counted"
@@ -220,6 +232,9 @@ PENDING_AFTER = f"""
      WHERE m.instance_id = %(instance_id)s AND wmq_is_unfinished(m.status) AND m.sequence > %(after)s
      ORDER BY m.sequence LIMIT %(limit)s
 """
+
+# The payload as stored (inline media included), for a message sent again as a new one.
+MESSAGE_PAYLOAD = "SELECT payload FROM messages WHERE zaap_id = %(zaap_id)s"
 
 QUEUE_STATS = "SELECT * FROM v_queue_stats_by_instance WHERE instance_id = %(instance_id)s"
 
@@ -261,37 +276,27 @@ WEBHOOK_DELIVERIES = """
       FROM webhook_deliveries WHERE instance_id = %(instance_id)s ORDER BY id DESC LIMIT %(limit)s
 """
 
+# Instances whose next delivery is due (by index: instance_webhooks.next_due_at), oldest first,
+# each with its head's receiver; leaving out busy instances and blocked receivers.
 DUE_WEBHOOK_INSTANCES = """
-    SELECT DISTINCT ON (instance_id) instance_id, wmq_webhook_origin(url) AS origin
-      FROM webhook_deliveries
-     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= now()
-       AND instance_id <> ALL(%(busy)s::uuid[]) AND wmq_webhook_origin(url) <> ALL(%(blocked)s::text[])
-     ORDER BY instance_id, id
+    SELECT w.instance_id, wmq_webhook_origin(h.url) AS origin
+      FROM instance_webhooks w
+      CROSS JOIN LATERAL (
+          SELECT d.url FROM webhook_deliveries d
+           WHERE d.instance_id = w.instance_id AND d.delivered_at IS NULL AND d.given_up_at IS NULL
+           ORDER BY d.id LIMIT 1) h
+     WHERE w.next_due_at <= now() AND w.instance_id <> ALL(%(busy)s::uuid[])
+       AND wmq_webhook_origin(h.url) <> ALL(%(blocked)s::text[])
+     ORDER BY w.next_due_at
      LIMIT %(limit)s
 """
 
 WEBHOOK_CLAIM = "SELECT * FROM wmq_webhook_claim(%(instance_id)s, %(hold_s)s)"
 
-# The outcome of a claimed attempt, fenced by its attempt number: a poster that stood still past
-# its hold, while another took the delivery up again, records nothing.
-WEBHOOK_DELIVERED = """
-    UPDATE webhook_deliveries
-       SET delivered_at = now(), last_status = %(status)s, last_error = NULL, posting_since = NULL
-     WHERE id = %(id)s AND attempts = %(attempt)s AND delivered_at IS NULL AND given_up_at IS NULL
-    RETURNING instance_id
+WEBHOOK_OUTCOME = """
+    SELECT wmq_webhook_outcome(%(id)s, %(attempt)s, %(status)s, %(error)s, %(delivered)s, %(backoff_s)s,
+                               %(give_up)s) AS recorded
 """
-
-WEBHOOK_FAILED = """
-    UPDATE webhook_deliveries
-       SET last_status = %(status)s, last_error = %(error)s, posting_since = NULL,
-           next_attempt_at = now() + make_interval(secs => %(backoff_s)s),
-           given_up_at = CASE WHEN %(give_up)s THEN now() END
-     WHERE id = %(id)s AND attempts = %(attempt)s AND delivered_at IS NULL AND given_up_at IS NULL
-    RETURNING instance_id
-"""
-
-# Wakes the posters at once for the instance's next delivery.
-WEBHOOK_NEXT = "SELECT pg_notify('wmq_webhooks', %(instance_id)s::text)"
 
 ROTATE_WEBHOOK_SECRET = """
     INSERT INTO instance_webhooks AS w (instance_id, secret) VALUES (%(instance_id)s, %(secret)s)

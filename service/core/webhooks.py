@@ -82,25 +82,22 @@ def claim(core: Core, instance_id: UUID, hold_s: float) -> dict[str, Any] | None
 
 
 def delivered(core: Core, claimed: dict[str, Any], status: int) -> bool:
-    """Record the claimed attempt's success (and wake the posters for the next delivery);
+    """Record the claimed attempt's success (the posters are woken for the next delivery);
     False when the claim was no longer ours."""
-    return _record(core, queries.WEBHOOK_DELIVERED, id=claimed["id"], attempt=claimed["attempts"], status=status)
+    return _outcome(core, claimed, status=status, error=None, delivered=True, backoff_s=0, give_up=False)
 
 
 def failed(core: Core, claimed: dict[str, Any], *, status: int | None, error: str, backoff_s: float,
            give_up: bool) -> bool:
     """Record the claimed attempt's failure: tried again after `backoff_s`, or given up (the
     instance's next delivery then goes at once)."""
-    return _record(core, queries.WEBHOOK_FAILED, id=claimed["id"], attempt=claimed["attempts"], status=status,
-                   error=error[:500], backoff_s=backoff_s, give_up=give_up)
+    return _outcome(core, claimed, status=status, error=error[:500], delivered=False, backoff_s=backoff_s,
+                    give_up=give_up)
 
 
-def _record(core: Core, statement: str, **params: Any) -> bool:
-    with core.pool.connection() as conn, conn.transaction():
-        row = conn.execute(statement, params).fetchone()
-        if row is not None:
-            conn.execute(queries.WEBHOOK_NEXT, {"instance_id": row[0]})
-    return row is not None
+def _outcome(core: Core, claimed: dict[str, Any], **outcome: Any) -> bool:
+    row = core.one(queries.WEBHOOK_OUTCOME, id=claimed["id"], attempt=claimed["attempts"], **outcome)
+    return bool(row and row["recorded"])
 
 
 def rotate_secret(core: Core, instance_id: UUID, grace_s: float) -> dict[str, Any]:

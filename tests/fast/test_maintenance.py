@@ -153,6 +153,20 @@ def test_retention_deletes_finished_messages_past_the_period_with_their_history(
     assert events(core, recent) != [] and events(core, waiting) != []
 
 
+def test_retention_deletes_webhook_deliveries_finished_before_the_period(core: Core) -> None:
+    inst = instance(core)
+    execute(core, """INSERT INTO webhook_deliveries (instance_id, event, url, body, delivered_at, given_up_at)
+                     VALUES (%(i)s, 'delivery', 'https://x.example/', '{"n": "old"}', now() - interval '2 hours', NULL),
+                            (%(i)s, 'delivery', 'https://x.example/', '{"n": "gave up"}', NULL,
+                             now() - interval '2 hours'),
+                            (%(i)s, 'delivery', 'https://x.example/', '{"n": "recent"}', now(), NULL),
+                            (%(i)s, 'delivery', 'https://x.example/', '{"n": "pending"}', NULL, NULL)""", i=inst)
+    execute(core, "UPDATE webhook_deliveries SET created_at = now() - interval '2 days'")
+    lead(core, retention.run)
+    left = {r["n"] for r in core.all("SELECT body->>'n' AS n FROM webhook_deliveries")}
+    assert left == {"recent", "pending"}
+
+
 def test_the_simulators_record_is_purged_by_the_simulator_not_by_the_core(core: Core) -> None:
     inst = instance(core)
     execute(core, """INSERT INTO simulator_events (instance_id, kind, phone, started_at, ended_at)

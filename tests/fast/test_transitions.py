@@ -311,8 +311,7 @@ def test_the_claim_and_the_webhook_claim_read_their_rows_by_key(core: Core) -> N
     execute(core, "ANALYZE messages")
     execute(core, "ANALYZE webhook_deliveries")
     for statement, params in ((queries.CLAIM, {"zaap_id": "0" * 32, "dispatch_id": uuid4(), "worker_id": uuid4()}),
-                              (queries.WEBHOOK_CLAIM, {"instance_id": target, "hold_s": 15.0}),
-                              (queries.DUE_WEBHOOK_INSTANCES, {"busy": [], "blocked": [], "limit": 100})):
+                              (queries.WEBHOOK_CLAIM, {"instance_id": target, "hold_s": 15.0})):
         with core.pool.connection() as conn:
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, params).fetchall())
         assert "Seq Scan" not in plan, plan

@@ -1,5 +1,6 @@
 """Delete finished messages (completed, cancelled, discarded) and their history once they are
-older than `MESSAGE_QUEUE_RETENTION_PERIOD`, and idempotency keys older than a day, in batches."""
+older than `MESSAGE_QUEUE_RETENTION_PERIOD`, webhook deliveries delivered or given up as long ago,
+and idempotency keys older than a day, in batches."""
 
 from __future__ import annotations
 
@@ -21,4 +22,7 @@ def run(core: Core, conn: psycopg.Connection[Any]) -> int:
     keys = maintenance.purge_idempotency_keys(core, conn)
     if keys:
         logger.info("expired idempotency keys purged", extra={"count": keys})
+    deliveries = maintenance.purge_webhook_deliveries(core, conn)
+    if deliveries:
+        logger.info("finished webhook deliveries purged", extra={"count": deliveries})
     return purged

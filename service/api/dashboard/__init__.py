@@ -26,6 +26,7 @@ def routes() -> list[BaseRoute]:
         Route("/dashboard/instances/{instance}/resume", p.resume, methods=["POST"]),
         Route("/dashboard/instances/{instance}/cancel-all", p.cancel_all, methods=["POST"]),
         Route("/dashboard/instances/{instance}/reconnect", p.reconnect, methods=["POST"]),
+        Route("/dashboard/instances/{instance}/rotate-webhook-secret", p.rotate_webhook_secret, methods=["POST"]),
         Route("/dashboard/messages/{zaap_id}", p.message_page),
         Route("/dashboard/messages/{zaap_id}/cancel", p.cancel_message, methods=["POST"]),
         Route("/dashboard/messages/{zaap_id}/retry", p.retry_message, methods=["POST"]),

@@ -13,6 +13,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from service.api.auth import TooManyFailures, record_failure, refuse_if_locked_out
 from service.api.dashboard import login
 from service.api.endpoints import (
     call,
@@ -24,8 +25,9 @@ from service.api.endpoints import (
     session_action,
     transport_control,
 )
+from service.api.schemas import ValidationError
 from service.api.templating import TEMPLATES
-from service.core import control, enqueue, instances, overview, reads, sessions
+from service.core import control, enqueue, instances, overview, reads, sessions, webhooks
 from service.core.errors import CoreError, InstanceNotFound
 
 FLASH = "wmq_flash"
@@ -58,9 +60,24 @@ def back(request: Request, path: str, flash: str) -> Response:
     return response
 
 
+#: The largest form a dashboard page posts (a token, a CSRF token, a `next` path are far less):
+#: a larger body gets a 413 before it is read whole or parsed.
+MAX_FORM_BYTES = 16 * 1024
+
+
 async def form_of(request: Request) -> dict[str, str]:
-    """A posted form's fields (URL-encoded: the dashboard's forms post nothing else)."""
-    return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+    """A posted form's fields (URL-encoded: the dashboard's forms post nothing else); 413 for a
+    body over MAX_FORM_BYTES, by its Content-Length or, without one, as soon as that much came."""
+    too_large = ValidationError("body", f"a dashboard form is at most {MAX_FORM_BYTES} bytes", status=413)
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise too_large
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def not_logged_in() -> Response:
@@ -68,12 +85,16 @@ def not_logged_in() -> Response:
 
 
 def page(handler: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """A page: the login page for a browser without a session (no data shown), 401 for a script."""
+    """A page: the login page for a browser without a session (no data shown), 401 for a script
+    (a wrong bearer token counted as a failed login: 429 once its address failed too often)."""
 
     async def endpoint(request: Request) -> Response:
+        refuse_if_locked_out(request)
         try:
             csrf = login.require(request)
         except login.NotLoggedIn:
+            if "authorization" in request.headers:
+                record_failure(request)
             if "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse(f"{PREFIX}/login", status_code=303)
             return not_logged_in()
@@ -88,10 +109,13 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Callable[[Request], 
     (the form's `next`) saying what it did, or why not."""
 
     async def endpoint(request: Request) -> Response:
+        refuse_if_locked_out(request)
         form = await form_of(request)
         try:
             login.check_action(request, form)
         except login.NotLoggedIn:
+            if "authorization" in request.headers:
+                record_failure(request)
             return not_logged_in()
         except login.CrossSite:
             return JSONResponse({"error": "missing or invalid CSRF token, or a request from another site",
@@ -121,8 +145,18 @@ async def login_form(request: Request) -> Response:
 
 
 async def login_submit(request: Request) -> Response:
+    """The login form's post: a session cookie for the admin token; a wrong one is a failure
+    counted against the client's address, which after too many gets 429 (even with the right
+    token) until the window passes (service/api/auth.py `Failures`)."""
+    try:
+        refuse_if_locked_out(request)
+    except TooManyFailures as refused:
+        return TEMPLATES.TemplateResponse(request, "login.html", {"error": f"Too many failed logins from your "
+                                          f"address: try again in {refused.retry_after} s.", "csrf": ""},
+                                          429, headers={**SECURITY_HEADERS, "Retry-After": str(refused.retry_after)})
     form = await form_of(request)
     if not request.app.state.settings.admin_token or not login.token_matches(request, form.get("token", "")):
+        record_failure(request)
         return TEMPLATES.TemplateResponse(request, "login.html", {"error": "That is not the admin token.", "csrf": ""},
                                           401, headers=SECURITY_HEADERS)
     response = RedirectResponse(PREFIX, status_code=303)
@@ -258,6 +292,14 @@ async def reconnect(request: Request) -> str:
     await session_action(request, instance, "restart", connected=True)
     request.app.state.instances.forget(instance.id)
     return "Reconnect asked."
+
+
+@action
+async def rotate_webhook_secret(request: Request) -> str:
+    grace = core(request).settings.webhook_secret_grace
+    row = await call(webhooks.rotate_secret, core(request), instance_id(request), grace)
+    return (f"Webhook secret rotated: the previous one signs beside it until "
+            f"{row['previous_secret_until']:%Y-%m-%d %H:%M:%S} UTC; the new one is at GET …/webhooks.")
 
 
 @action

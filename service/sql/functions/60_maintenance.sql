@@ -185,3 +185,22 @@ BEGIN
     RETURN v_count;
 END
 $$;
+
+-- Webhook deliveries delivered or given up longer ago than the retention period, oldest first,
+-- in batches: the table would otherwise keep every delivery ever made.
+CREATE FUNCTION wmq_purge_webhook_deliveries(p_retention_s double precision, p_batch integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    DELETE FROM webhook_deliveries
+     WHERE id IN (
+        SELECT id FROM webhook_deliveries
+         WHERE coalesce(delivered_at, given_up_at) < now() - make_interval(secs => p_retention_s)
+         ORDER BY id
+         LIMIT p_batch);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;

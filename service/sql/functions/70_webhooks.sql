@@ -7,6 +7,7 @@ CREATE FUNCTION wmq_webhook(p_instance uuid, p_event text, p_body jsonb) RETURNS
 LANGUAGE plpgsql AS $$
 DECLARE
     v_url text;
+    v_next_due timestamptz;
 BEGIN
     SELECT CASE p_event WHEN 'delivery' THEN w.delivery_url
                         WHEN 'message-status' THEN w.message_status_url
@@ -16,10 +17,17 @@ BEGIN
     IF v_url IS NULL THEN
         RETURN;
     END IF;
+    -- The instance's row is locked before its head state is read (as the claim and the outcome
+    -- lock it): an outcome recorded meanwhile, which saw no delivery after its own, would
+    -- otherwise leave this one with no due time, and never posted.
+    SELECT w.next_due_at INTO v_next_due FROM instance_webhooks w WHERE w.instance_id = p_instance FOR UPDATE;
     INSERT INTO webhook_deliveries (instance_id, event, url, body)
     VALUES (p_instance, p_event, v_url,
             p_body || jsonb_build_object('instanceId', p_instance,
                                          'momment', (extract(epoch FROM now()) * 1000)::bigint));
+    IF v_next_due IS NULL THEN  -- it is the head: due now (otherwise it waits behind the head)
+        UPDATE instance_webhooks SET next_due_at = now() WHERE instance_id = p_instance;
+    END IF;
     PERFORM pg_notify('wmq_webhooks', p_instance::text);
 END
 $$;
@@ -123,6 +131,9 @@ BEGIN
     END IF;
     SELECT min(p.id) INTO v_head FROM webhook_deliveries p
      WHERE p.instance_id = p_instance AND p.delivered_at IS NULL AND p.given_up_at IS NULL;
+    UPDATE instance_webhooks w SET next_due_at = now() + make_interval(secs => p_hold_s)
+     WHERE w.instance_id = p_instance AND v_head IS NOT NULL
+       AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = v_head AND d.next_attempt_at <= now());
     RETURN QUERY
         UPDATE webhook_deliveries d
            SET attempts = d.attempts + 1, last_attempt_at = now(),
@@ -132,5 +143,43 @@ BEGIN
         RETURNING d.id, d.event, d.url, wmq_webhook_origin(d.url), d.body, d.attempts, d.created_at,
                   d.unfinished_attempts, v_settings.secret,
                   CASE WHEN v_settings.previous_secret_until > now() THEN v_settings.previous_secret END;
+END
+$$;
+
+-- The outcome of a claimed attempt, fenced by its attempt number (a poster that stood still past
+-- its hold, while another took the delivery up again, records nothing): delivered, or failed and
+-- tried again after `p_backoff_s`, or given up. The instance's head then moves on (or waits for
+-- its backoff), and the posters are woken for it. Whether the outcome was recorded.
+CREATE FUNCTION wmq_webhook_outcome(p_id bigint, p_attempt integer, p_status integer, p_error text,
+                                    p_delivered boolean, p_backoff_s double precision, p_give_up boolean)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_instance uuid;
+BEGIN
+    -- The instance's row first, as the claim takes it (no deadlock with a claim of the same
+    -- delivery by a poster whose hold has passed), and so that the head read below sees every
+    -- delivery committed before the lock.
+    SELECT d.instance_id INTO v_instance FROM webhook_deliveries d WHERE d.id = p_id;
+    PERFORM 1 FROM instance_webhooks w WHERE w.instance_id = v_instance FOR UPDATE;
+    v_instance := NULL;
+    UPDATE webhook_deliveries d
+       SET last_status = p_status, last_error = p_error, posting_since = NULL,
+           delivered_at = CASE WHEN p_delivered THEN now() END,
+           given_up_at = CASE WHEN p_give_up AND NOT p_delivered THEN now() END,
+           next_attempt_at = CASE WHEN p_delivered OR p_give_up THEN d.next_attempt_at
+                                  ELSE now() + make_interval(secs => p_backoff_s) END
+     WHERE d.id = p_id AND d.attempts = p_attempt AND d.delivered_at IS NULL AND d.given_up_at IS NULL
+    RETURNING d.instance_id INTO v_instance;
+    IF v_instance IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE instance_webhooks w SET next_due_at = (
+        SELECT d.next_attempt_at FROM webhook_deliveries d
+         WHERE d.instance_id = v_instance AND d.delivered_at IS NULL AND d.given_up_at IS NULL
+         ORDER BY d.id LIMIT 1)
+     WHERE w.instance_id = v_instance;
+    PERFORM pg_notify('wmq_webhooks', v_instance::text);
+    RETURN true;
 END
 $$;

@@ -198,7 +198,7 @@ def migrate(url: str) -> list[str]:
                         (version, path.name),
                     )
                 applied.append(path.name)
-                logger.info("migration applied", extra={"migration": path.name})
+                logger.debug("migration applied", extra={"migration": path.name})
             stored = _stored_version(conn)
             if stored is not None and stored > definitions_version():
                 logger.warning("the database holds newer definitions than this process; left as they are",
@@ -214,9 +214,10 @@ def migrate(url: str) -> list[str]:
                     conn.execute("INSERT INTO schema_definitions (name, checksum) VALUES (%s, %s)",
                                  (VERSION_ROW, str(definitions_version())))
                 applied.append("functions/")
-                logger.info("definitions applied", extra={"files": len(definition_files())})
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    if applied:  # one line for a fresh database's dozen migrations
+        logger.info("schema brought up to date", extra={"applied": ",".join(applied)})
     return applied
 
 

@@ -228,3 +228,21 @@ def test_the_dashboard_rotates_an_instances_webhook_secret(stack: Stack) -> None
     assert "Webhook secret rotated" in page and after["secret"] not in page and before not in page
     assert "Rotate webhook secret" in client.get(f"/dashboard/instances/{shop['id']}",
                                                  headers={"Accept": "text/html"}).text
+
+
+def test_rows_show_the_recipient_and_the_first_words_escaped(stack: Stack) -> None:
+    shop = stack.create_instance(name="Loja Centro")
+    text = "<b>Olá</b> — seu pedido 42 saiu para entrega e chega hoje à tarde, obrigado!"
+    waiting = stack.send_text(shop, text, delayMessage=600)
+    document = stack.http.post(f"{stack.base(shop)}/send-document/pdf", json={
+        "phone": "5511988887777", "document": "https://files.example.com/invoice.pdf", "fileName": "invoice-42.pdf",
+        "delayMessage": 600})
+    assert document.status_code == 200, document.text
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "text/html"}
+    page = stack.http.get(f"/dashboard/instances/{shop['id']}", headers=bearer).text
+    row = page.split(f'data-zaap-id="{waiting["zaapId"]}"', 1)[1].split("</tr>", 1)[0]
+    assert "5511999999999" in row and "&lt;b&gt;Olá&lt;/b&gt; — seu pedido 42" in row and "<b>" not in row
+    assert "…" in row and "obrigado" not in row, "cut at a few dozen characters"
+    assert f'href="/dashboard/messages/{waiting["zaapId"]}"' in row
+    row = page.split(f'data-zaap-id="{document.json()["zaapId"]}"', 1)[1].split("</tr>", 1)[0]
+    assert "5511988887777" in row and "document: invoice-42.pdf" in row

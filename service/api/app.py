@@ -46,7 +46,8 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),
         Route("/instances/{instance}/rotate-token", e.rotate_token, methods=["POST"]),
         # One send route per message type that has one (service/core/message_types.py).
-        *(Route(f"{INSTANCE}/{t.route}", e.send_route(t), methods=["POST"]) for t in TYPES.values()),
+        *(Route(f"{INSTANCE}/{route}", e.send_route(t), methods=["POST"])
+          for t in TYPES.values() for route in (t.route, *t.aliases)),
         Route(f"{INSTANCE}/queue", e.list_queue, methods=["GET"]),
         Route(f"{INSTANCE}/queue", e.queue_cursor, methods=["POST"]),
         Route(f"{INSTANCE}/queue", e.cancel_queue, methods=["DELETE"]),

@@ -221,7 +221,7 @@ def send_route(message_type: MessageType) -> Callable[[Request], Any]:
             # As the instance's record said a few seconds ago (its credentials cache): a caller
             # learns at once that the phone is offline and its message will wait.
             "whatsAppStatus": {"connected": instance.connection_state == "connected",
-                               "reason": None if instance.connection_state == "connected" else
+                               "reason": "connected" if instance.connection_state == "connected" else
                                instance.connection_detail or instance.connection_state},
         }, headers={"Idempotent-Replayed": "true"} if enqueued.replayed else None)
 

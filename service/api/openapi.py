@@ -45,8 +45,17 @@ COMMON_FIELDS: dict[str, dict[str, Any]] = {
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _body_schema(message_type: MessageType) -> dict[str, Any]:
-    path_fields = {name.strip("{}") for name in message_type.route.split("/") if name.startswith("{")}
+#: The other body shapes a send route takes (zedaapi's clients'), said in its summary.
+ALTERNATIVE_SHAPES = {
+    "button-list": "; or zedaapi's shape: top-level `buttons: [{id, title}]`, `title`, `footer`",
+    "option-list": "; or zedaapi's shape: `sections: [{title, rows: [{id, title, description}]}]`, "
+                   "`buttonLabel`, `title`, `footer`",
+    "document": "; without `/{extension}`, the extension is taken from `fileName`, the URL or the data: URI",
+}
+
+
+def _body_schema(message_type: MessageType, route: str) -> dict[str, Any]:
+    path_fields = {name.strip("{}") for name in route.split("/") if name.startswith("{")}
     fields: list[Field] = [f for f in message_type.fields if f.name not in path_fields]
     return {
         "type": "object",
@@ -165,11 +174,13 @@ def document() -> dict[str, Any]:
     paths = _routes()
     sends = set()
     for message_type in TYPES.values():
-        path = f"{INSTANCE}/{message_type.route}"
-        sends.add(path)
-        paths[path] = {"post": _op(
-            f"send a {message_type.name} message", body=_body_schema(message_type),
-            answer={"$ref": "#/components/schemas/SendAnswer"}, statuses=(400, 401, 413, 422, 429))}
+        for route in (message_type.route, *message_type.aliases):
+            path = f"{INSTANCE}/{route}"
+            sends.add(path)
+            paths[path] = {"post": _op(
+                f"send a {message_type.name} message" + (ALTERNATIVE_SHAPES.get(message_type.name, "")),
+                body=_body_schema(message_type, route), answer={"$ref": "#/components/schemas/SendAnswer"},
+                statuses=(400, 401, 413, 422, 429))}
     for path, methods in paths.items():
         for operation in methods.values():
             params = [*operation.get("parameters", []), *_path_params(path)]
@@ -193,7 +204,8 @@ def document() -> dict[str, Any]:
                     "status": {"type": "string"}, "sequence": {"type": "integer"},
                     "scheduledFor": {"type": "string", "format": "date-time"},
                     "whatsAppStatus": {"type": "object", "properties": {
-                        "connected": {"type": "boolean"}, "reason": {"type": ["string", "null"]}}}},
+                        "connected": {"type": "boolean"},
+                        "reason": {"type": "string", "description": "`connected`, or why not"}}}},
                     "required": ["zaapId", "messageId", "id", "status", "sequence", "scheduledFor"]},
                 "Message": {"type": "object", "properties": {
                     "zaapId": {"type": "string"}, "sequence": {"type": "integer"}, "status": {"type": "string"},

@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import math
+import mimetypes
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -161,7 +162,11 @@ def common(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def message(message_type: MessageType, data: dict[str, Any]) -> MessageRequest:
-    """A send route's body as a core request: the common fields and the type's own."""
+    """A send route's body as a core request: the common fields and the type's own (a body in
+    another client's shape first put in Z-API's: `SHAPES`)."""
+    reshape = SHAPES.get(message_type.name)
+    if reshape is not None:
+        data = reshape(data)
     fields = common(data)
     payload = {f.name: content_field(data, f) for f in message_type.fields if data.get(f.name) is not None
                or f.required}
@@ -335,3 +340,99 @@ def page(params: Any) -> tuple[int, int]:
     if not 0 <= offset <= 1_000_000_000:
         raise ValidationError("offset", "offset must be between 0 and 1000000000")
     return limit, offset
+
+
+# --- other clients' shapes of the same messages ---------------------------------------------------
+
+
+def _zedaapi_buttons(data: dict[str, Any]) -> dict[str, Any]:
+    """zedaapi's `send-button-list`: top-level `buttons: [{id, title}]`, `title`, `footer`, as
+    Z-API's `buttonList: {buttons: [{id, label}], title, footer}`."""
+    if "buttonList" in data or "buttons" not in data:
+        return data
+    buttons = data["buttons"]
+    if not isinstance(buttons, list) or not buttons:
+        raise ValidationError("buttons", "buttons must be a non-empty JSON array of {id, title}")
+    converted = []
+    for n, button in enumerate(buttons):
+        where = f"buttons[{n}]"
+        if not isinstance(button, dict):
+            raise ValidationError(where, f"{where} must be a JSON object with id and title")
+        label = non_empty_text(button, "title", max_length=1024) if "title" in button else None
+        if label is None:
+            raise ValidationError(f"{where}.title", f"{where}.title is required")
+        converted.append({"id": str(button.get("id") or n + 1), "label": label})
+    extras = {name: optional_text(data, name, max_length=1024) for name in ("title", "footer")}
+    rest = {k: v for k, v in data.items() if k not in ("buttons", "title", "footer")}
+    return {**rest, "buttonList": {"buttons": converted, **{k: v for k, v in extras.items() if v is not None}}}
+
+
+def _zedaapi_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """zedaapi's `send-option-list`: `sections: [{title, rows: [{id, title, description}]}]`,
+    `buttonLabel`, `title`, `footer`, as Z-API's `optionList`: every row, in order, in `options`
+    (the sections kept beside them, as given)."""
+    if "optionList" in data or "sections" not in data:
+        return data
+    sections = data["sections"]
+    if not isinstance(sections, list) or not sections:
+        raise ValidationError("sections", "sections must be a non-empty JSON array of {title, rows}")
+    options, kept = [], []
+    for s_n, section in enumerate(sections):
+        where = f"sections[{s_n}]"
+        if not isinstance(section, dict):
+            raise ValidationError(where, f"{where} must be a JSON object with title and rows")
+        rows = section.get("rows")
+        if not isinstance(rows, list) or not rows:
+            raise ValidationError(f"{where}.rows", f"{where}.rows must be a non-empty JSON array")
+        section_rows = []
+        for r_n, row in enumerate(rows):
+            row_where = f"{where}.rows[{r_n}]"
+            if not isinstance(row, dict) or not isinstance(row.get("title"), str) or not row["title"].strip():
+                raise ValidationError(f"{row_where}.title", f"{row_where}.title is required")
+            option = {"id": str(row.get("id") or len(options) + 1), "title": row["title"]}
+            description = optional_text(row, "description", max_length=1024)
+            if description is not None:
+                option["description"] = description
+            options.append(option)
+            section_rows.append(option)
+        kept.append({"title": optional_text(section, "title", max_length=1024) or "", "rows": section_rows})
+    spec: dict[str, Any] = {"options": options, "sections": kept}
+    for name in ("title", "buttonLabel", "footer"):
+        value = optional_text(data, name, max_length=1024)
+        if value is not None:
+            spec[name] = value
+    rest = {k: v for k, v in data.items() if k not in ("sections", "title", "buttonLabel", "footer")}
+    return {**rest, "optionList": spec}
+
+
+def _document_extension(data: dict[str, Any]) -> dict[str, Any]:
+    """`send-document` without `/{extension}` (zedaapi's): the extension from `fileName`, the
+    URL's path or the data: URI's type."""
+    if data.get("extension") is not None:
+        return data
+    document = data.get("document")
+    names = [data.get("fileName"), urlsplit(document).path if _is_url(document) else None]
+    for name in names:
+        if isinstance(name, str) and (extension := _extension_of(name)):
+            return {**data, "extension": extension}
+    if isinstance(document, str) and document.startswith("data:") and ";" in document[:200]:
+        guessed = mimetypes.guess_extension(document[5:document.index(";")].lower())
+        if guessed:
+            return {**data, "extension": guessed.lstrip(".")}
+    raise ValidationError("extension", "send-document needs the file's extension: in the path "
+                                       "(send-document/pdf), in fileName (invoice.pdf) or in the URL")
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _extension_of(name: str) -> str | None:
+    """`invoice.PDF` → `pdf`; None without a plausible extension."""
+    last = name.rsplit("/", 1)[-1]
+    extension = last.rpartition(".")[2] if "." in last else ""
+    return extension.lower() if re.fullmatch(r"[A-Za-z0-9]{1,16}", extension) else None
+
+
+#: A message type's other accepted shapes, put in Z-API's before the checks.
+SHAPES = {"button-list": _zedaapi_buttons, "option-list": _zedaapi_sections, "document": _document_extension}

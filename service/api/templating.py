@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from starlette.templating import Jinja2Templates
@@ -40,4 +41,25 @@ def until(value: datetime | None) -> str:
     return f"in {ago(seconds)}" if seconds > 0 else f"{ago(-seconds)} ago"
 
 
+#: The first words of a message's text, or what its content is, as a row shows it.
+PREVIEW_CHARACTERS = 48
+#: Per type, the payload fields that say what a message is, the first present one shown.
+_PREVIEW_FIELDS = {"location": ("title", "address"), "contact": ("contactName",), "reaction": ("reaction",),
+                   "document": ("fileName", "caption"), "link": ("message", "linkUrl")}
+
+
+def preview(message_type: str, payload: dict[str, Any] | None) -> str:
+    """`Olá, seu pedido 42 saiu para entrega…`, `image: a pixel`, `document: invoice.pdf`: a short
+    line (Jinja escapes it) where an operator looks for what the message says."""
+    payload = payload or {}
+    fields = _PREVIEW_FIELDS.get(message_type, ("message", "caption"))
+    text = next((str(payload[f]) for f in fields if isinstance(payload.get(f), str) and payload[f].strip()), "")
+    text = " ".join(text.split())
+    if len(text) > PREVIEW_CHARACTERS:
+        text = text[:PREVIEW_CHARACTERS - 1].rstrip() + "…"
+    return text if message_type in ("text", "link", "button-list", "option-list", "poll") and text else \
+        f"{message_type}: {text}" if text else message_type
+
+
 TEMPLATES.env.filters.update(ago=ago, at=at, until=until, urldecode=unquote)
+TEMPLATES.env.globals.update(preview=preview)

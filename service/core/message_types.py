@@ -36,6 +36,8 @@ class MessageType:
     #: What the contact sees while the message waits out its delayTyping.
     presence: Literal["composing", "recording"]
     fields: tuple[Field, ...]
+    #: Other routes of the same type (zedaapi's clients post `send-document` with no extension).
+    aliases: tuple[str, ...] = ()
 
 
 def _optional(name: str, kind: FieldKind = "text") -> Field:
@@ -51,8 +53,10 @@ TYPES: dict[str, MessageType] = {t.name: t for t in (
     # `ptt` (default true): a voice note, sent as Opus in OGG (converted if need be).
     MessageType("audio", "send-audio", "recording", (Field("audio", "media"), _optional("ptt", "bool"), _VIEW_ONCE)),
     MessageType("video", "send-video", "composing", (Field("video", "media"), _optional("caption"), _VIEW_ONCE)),
+    # `send-document` without the extension: taken from `fileName`, the URL or the data: URI's type.
     MessageType("document", "send-document/{extension}", "composing",
-                (Field("document", "media"), _optional("extension"), _optional("fileName"), _optional("caption"))),
+                (Field("document", "media"), _optional("extension"), _optional("fileName"), _optional("caption")),
+                aliases=("send-document",)),
     MessageType("location", "send-location", "composing",
                 (Field("latitude", "number"), Field("longitude", "number"), _optional("title"), _optional("address"))),
     MessageType("contact", "send-contact", "composing",

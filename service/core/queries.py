@@ -365,7 +365,8 @@ RECENT_FINISHED = f"""
 
 #: Discarded messages of the last day with their reasons (the seed's view), newest first.
 RECENT_DISCARDED = """
-    SELECT f.*, i.name AS instance_name FROM v_recent_failed_jobs f JOIN instances i ON i.id = f.instance_id
+    SELECT f.*, i.name AS instance_name, wmq_payload_shown(m.payload) AS payload
+      FROM v_recent_failed_jobs f JOIN instances i ON i.id = f.instance_id JOIN messages m ON m.zaap_id = f.zaap_id
      WHERE f.status = 'discarded' ORDER BY f.finished_at DESC LIMIT %(limit)s
 """
 

@@ -515,8 +515,8 @@ async def webhook_settings(request: Request) -> Response:
     """The instance's webhook URLs and the secret deliveries are signed with."""
     instance = await authenticated(request)
     row = await call(webhooks.settings, core(request), instance.id) or {}
-    return JSONResponse({"delivery": row.get("delivery_url"), "messageStatus": row.get("message_status_url"),
-                         "connected": row.get("connected_url"), "disconnected": row.get("disconnected_url"),
+    urls = row.get("urls") or {}
+    return JSONResponse({**{key: urls.get(event) for event, key in webhooks.EVENTS.items()},
                          "secret": row.get("secret"),
                          "previousSecretValidUntil": iso(row.get("previous_secret_until"))})
 

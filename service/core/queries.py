@@ -252,23 +252,9 @@ MESSAGE_EVENTS = """
 
 # --- webhooks (service/sql/functions/70_webhooks.sql; service/core/webhooks.py) ------------------------
 
-WEBHOOK_SETTINGS = "SELECT * FROM instance_webhooks WHERE instance_id = %(instance_id)s"
+WEBHOOK_SETTINGS = "SELECT * FROM wmq_webhook_settings(%(instance_id)s)"
 
-SET_WEBHOOKS = """
-    INSERT INTO instance_webhooks AS w (instance_id, delivery_url, message_status_url, connected_url,
-                                        disconnected_url, secret)
-    VALUES (%(instance_id)s, %(delivery_url)s, %(message_status_url)s, %(connected_url)s,
-            %(disconnected_url)s, %(secret)s)
-    ON CONFLICT (instance_id) DO UPDATE SET
-        delivery_url = CASE WHEN %(set_delivery)s THEN EXCLUDED.delivery_url ELSE w.delivery_url END,
-        message_status_url = CASE WHEN %(set_message_status)s THEN EXCLUDED.message_status_url
-                                  ELSE w.message_status_url END,
-        connected_url = CASE WHEN %(set_connected)s THEN EXCLUDED.connected_url ELSE w.connected_url END,
-        disconnected_url = CASE WHEN %(set_disconnected)s THEN EXCLUDED.disconnected_url
-                                ELSE w.disconnected_url END,
-        updated_at = now()
-    RETURNING *
-"""
+SET_WEBHOOKS = "SELECT * FROM wmq_set_webhooks(%(instance_id)s, %(urls)s, %(secret)s)"
 
 WEBHOOK_DELIVERIES = """
     SELECT id, event, url, body, created_at, attempts, next_attempt_at, last_attempt_at, last_status,

@@ -15,25 +15,26 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from service.core import queries
 from service.core.context import Core
 from service.core.errors import InstanceNotFound
 
-#: The events an instance may want, by Z-API's route name (`update-webhook-…`).
-EVENTS = {"delivery": "delivery_url", "message-status": "message_status_url",
-          "connected": "connected_url", "disconnected": "disconnected_url"}
+#: The events an instance may want: Z-API's route name (`update-webhook-<event>`) and the key it
+#: has in the settings' answer. A new event is an entry here and a `wmq_webhook(…, '<event>', …)`
+#: where it happens (service/sql/functions/70_webhooks.sql): routes, OpenAPI and storage follow.
+EVENTS = {"delivery": "delivery", "message-status": "messageStatus", "connected": "connected",
+          "disconnected": "disconnected"}
 
 
 def configure(core: Core, instance_id: UUID, urls: dict[str, str | None]) -> dict[str, Any]:
     """Set (or clear, with None) the URL of each event named in `urls`; the others keep theirs.
     The signing secret is made with the first setting and kept."""
-    params: dict[str, Any] = {"instance_id": instance_id, "secret": secrets.token_hex(32)}
-    for event, column in EVENTS.items():
-        params[column] = urls.get(event)
-        params[f"set_{column.removesuffix('_url')}"] = event in urls
+    unknown = set(urls) - set(EVENTS)
+    assert not unknown, f"not webhook events: {sorted(unknown)}"
     try:
-        row = core.one(queries.SET_WEBHOOKS, **params)
+        row = core.one(queries.SET_WEBHOOKS, instance_id=instance_id, urls=Jsonb(urls), secret=secrets.token_hex(32))
     except psycopg.errors.ForeignKeyViolation:
         raise InstanceNotFound("instance not found") from None
     assert row is not None
@@ -41,6 +42,7 @@ def configure(core: Core, instance_id: UUID, urls: dict[str, str | None]) -> dic
 
 
 def settings(core: Core, instance_id: UUID) -> dict[str, Any] | None:
+    """`{secret, previous_secret_until, urls: {event: url}}`, or None if it never had any."""
     return core.one(queries.WEBHOOK_SETTINGS, instance_id=instance_id)
 
 

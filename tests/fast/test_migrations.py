@@ -156,3 +156,33 @@ def test_a_process_never_applies_definitions_older_than_the_databases(empty_data
     with psycopg.connect(empty_database) as conn:
         assert pending_migrations(conn) == []
         assert conn.execute("SELECT pg_get_functiondef('wmq_claim'::regproc)").fetchone() == before
+
+
+def test_webhook_urls_set_before_they_were_rows_are_carried_over(empty_database: str) -> None:
+    """A database at version 6 brought to 14 (webhook URLs as one column per event), URLs set,
+    then upgraded: each URL becomes its (instance, event) row, and deliveries go to it."""
+    restore(empty_database, FIXTURE)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        for path in sorted((SQL_DIR / "migrations").glob("*.sql")):
+            if 6 < int(path.name[:3]) <= 14:
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                 (int(path.name[:3]), path.name))
+        first, second = (row[0] for row in conn.execute("SELECT id FROM instances ORDER BY id LIMIT 2"))
+        conn.execute("""INSERT INTO instance_webhooks (instance_id, delivery_url, message_status_url, connected_url,
+                                                       disconnected_url, secret)
+                        VALUES (%s, 'https://a.example/d', NULL, 'https://a.example/c', NULL, 's1'),
+                               (%s, NULL, 'https://b.example/s', NULL, 'https://b.example/x', 's2')""",
+                     (first, second))
+    assert migrate(empty_database) == ["015_webhook_urls.sql", "functions/"]
+    with psycopg.connect(empty_database) as conn:
+        rows = conn.execute("SELECT instance_id, event, url FROM instance_webhook_urls ORDER BY url").fetchall()
+        assert rows == [(first, "connected", "https://a.example/c"), (first, "delivery", "https://a.example/d"),
+                        (second, "message-status", "https://b.example/s"),
+                        (second, "disconnected", "https://b.example/x")]
+        conn.execute("SELECT wmq_webhook(%s, 'delivery', '{}'), wmq_webhook(%s, 'delivery', '{}')", (first, second))
+        assert conn.execute("SELECT instance_id, url FROM webhook_deliveries").fetchall() == [
+            (first, "https://a.example/d")], "only the instance with a delivery URL gets a delivery"
+        secrets = conn.execute("SELECT secret FROM wmq_webhook_settings(%s)", (first,)).fetchone()
+        assert secrets == ("s1",)

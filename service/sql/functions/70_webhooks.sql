@@ -9,11 +9,7 @@ DECLARE
     v_url text;
     v_next_due timestamptz;
 BEGIN
-    SELECT CASE p_event WHEN 'delivery' THEN w.delivery_url
-                        WHEN 'message-status' THEN w.message_status_url
-                        WHEN 'connected' THEN w.connected_url
-                        WHEN 'disconnected' THEN w.disconnected_url END
-      INTO v_url FROM instance_webhooks w WHERE w.instance_id = p_instance;
+    SELECT u.url INTO v_url FROM instance_webhook_urls u WHERE u.instance_id = p_instance AND u.event = p_event;
     IF v_url IS NULL THEN
         RETURN;
     END IF;
@@ -102,6 +98,40 @@ $$;
 
 CREATE TRIGGER wmq_instance_connection_webhooks AFTER UPDATE OF connection_state ON instances
     FOR EACH ROW EXECUTE FUNCTION wmq_connection_webhooks();
+
+-- An instance's webhook URLs set (a URL per event of `p_urls`; JSON null removes that event's),
+-- the others kept; the signing secret made with the first setting (`p_secret`) and kept. The
+-- instance's settings row, its URLs and its secret.
+CREATE FUNCTION wmq_set_webhooks(p_instance uuid, p_urls jsonb, p_secret text)
+RETURNS TABLE (secret text, previous_secret_until timestamptz, urls jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO instance_webhooks (instance_id, secret) VALUES (p_instance, p_secret)
+    ON CONFLICT (instance_id) DO UPDATE SET updated_at = now();
+    DELETE FROM instance_webhook_urls u
+     USING jsonb_each(p_urls) AS e (event, url)
+     WHERE u.instance_id = p_instance AND u.event = e.event AND jsonb_typeof(e.url) = 'null';
+    INSERT INTO instance_webhook_urls (instance_id, event, url)
+    SELECT p_instance, e.event, e.url #>> '{}' FROM jsonb_each(p_urls) AS e (event, url)
+     WHERE jsonb_typeof(e.url) = 'string'
+    ON CONFLICT (instance_id, event) DO UPDATE SET url = EXCLUDED.url, updated_at = now();
+    RETURN QUERY SELECT * FROM wmq_webhook_settings(p_instance);
+END
+$$;
+
+-- An instance's webhook settings: its secret, until when the previous one signs too, and its
+-- URLs by event. No row when it never had any.
+CREATE FUNCTION wmq_webhook_settings(p_instance uuid)
+RETURNS TABLE (secret text, previous_secret_until timestamptz, urls jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+        SELECT w.secret, w.previous_secret_until,
+               coalesce((SELECT jsonb_object_agg(u.event, u.url) FROM instance_webhook_urls u
+                          WHERE u.instance_id = w.instance_id), '{}')
+          FROM instance_webhooks w WHERE w.instance_id = p_instance;
+END
+$$;
 
 -- A receiver, as the posters count it (concurrency cap, circuit): the URL's host and port as
 -- written, lower-cased, without the user part.

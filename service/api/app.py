@@ -13,9 +13,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import dashboard, docs
-from service.api import endpoints as e
 from service.api.auth import InstanceCache
 from service.api.errors import HANDLERS
+from service.api.routes import connection, health, instances, queue, sending
+from service.api.routes import simulator_control as simulated
+from service.api.routes import webhook_settings as hooks
 from service.api.schemas import ValidationError
 from service.core.context import Core
 from service.core.message_types import TYPES
@@ -35,47 +37,47 @@ DATABASE_WAIT = 5.0
 
 def routes(settings: Settings) -> list[BaseRoute]:
     table: list[BaseRoute] = [
-        Route("/healthz", e.healthz),
-        Route("/readyz", e.readyz),
-        Route("/openapi.json", e.openapi_document),
-        Route("/metrics", e.metrics_exposition),
+        Route("/healthz", health.healthz),
+        Route("/readyz", health.readyz),
+        Route("/openapi.json", health.openapi_document),
+        Route("/metrics", health.metrics_exposition),
         Route("/docs", docs.page),
         *dashboard.routes(),
-        Route("/instances", e.create_instance, methods=["POST"]),
-        Route("/instances", e.list_instances, methods=["GET"]),
-        Route("/instances/{instance}", e.delete_instance, methods=["DELETE"]),
-        Route("/instances/{instance}/rotate-token", e.rotate_token, methods=["POST"]),
+        Route("/instances", instances.create_instance, methods=["POST"]),
+        Route("/instances", instances.list_instances, methods=["GET"]),
+        Route("/instances/{instance}", instances.delete_instance, methods=["DELETE"]),
+        Route("/instances/{instance}/rotate-token", instances.rotate_token, methods=["POST"]),
         # One send route per message type that has one (service/core/message_types.py).
-        *(Route(f"{INSTANCE}/{route}", e.send_route(t), methods=["POST"])
+        *(Route(f"{INSTANCE}/{route}", sending.send_route(t), methods=["POST"])
           for t in TYPES.values() for route in (t.route, *t.aliases)),
-        Route(f"{INSTANCE}/queue", e.list_queue, methods=["GET"]),
-        Route(f"{INSTANCE}/queue", e.queue_cursor, methods=["POST"]),
-        Route(f"{INSTANCE}/queue", e.cancel_queue, methods=["DELETE"]),
-        Route(f"{INSTANCE}/queue/stats", e.queue_stats, methods=["GET"]),
-        Route(f"{INSTANCE}/queue/count", e.queue_count, methods=["GET"]),
-        Route(f"{INSTANCE}/queue/{{zaap_id}}", e.get_queue_message, methods=["GET"]),
-        Route(f"{INSTANCE}/queue/{{zaap_id}}", e.cancel_queue_message, methods=["DELETE"]),
-        Route(f"{INSTANCE}/pause", e.pause_instance, methods=["POST"]),
-        Route(f"{INSTANCE}/resume", e.resume_instance, methods=["POST"]),
-        Route(f"{INSTANCE}/status", e.instance_status, methods=["GET"]),
-        Route(f"{INSTANCE}/qr-code", e.qr_code, methods=["GET"]),
-        Route(f"{INSTANCE}/qr-code/image", e.qr_code_image, methods=["GET"]),
-        Route(f"{INSTANCE}/phone-code/{{phone}}", e.phone_code, methods=["GET"]),
-        Route(f"{INSTANCE}/disconnect", e.disconnect_instance, methods=["POST"]),
-        Route(f"{INSTANCE}/restart", e.restart_instance, methods=["POST"]),
+        Route(f"{INSTANCE}/queue", queue.list_queue, methods=["GET"]),
+        Route(f"{INSTANCE}/queue", queue.queue_cursor, methods=["POST"]),
+        Route(f"{INSTANCE}/queue", queue.cancel_queue, methods=["DELETE"]),
+        Route(f"{INSTANCE}/queue/stats", queue.queue_stats, methods=["GET"]),
+        Route(f"{INSTANCE}/queue/count", queue.queue_count, methods=["GET"]),
+        Route(f"{INSTANCE}/queue/{{zaap_id}}", queue.get_queue_message, methods=["GET"]),
+        Route(f"{INSTANCE}/queue/{{zaap_id}}", queue.cancel_queue_message, methods=["DELETE"]),
+        Route(f"{INSTANCE}/pause", queue.pause_instance, methods=["POST"]),
+        Route(f"{INSTANCE}/resume", queue.resume_instance, methods=["POST"]),
+        Route(f"{INSTANCE}/status", connection.instance_status, methods=["GET"]),
+        Route(f"{INSTANCE}/qr-code", connection.qr_code, methods=["GET"]),
+        Route(f"{INSTANCE}/qr-code/image", connection.qr_code_image, methods=["GET"]),
+        Route(f"{INSTANCE}/phone-code/{{phone}}", connection.phone_code, methods=["GET"]),
+        Route(f"{INSTANCE}/disconnect", connection.disconnect_instance, methods=["POST"]),
+        Route(f"{INSTANCE}/restart", connection.restart_instance, methods=["POST"]),
         # Webhooks, Z-API's routes: one per event, and all four at once.
-        *(Route(f"{INSTANCE}/update-webhook-{event}", e.update_webhook((event,)), methods=["PUT"])
+        *(Route(f"{INSTANCE}/update-webhook-{event}", hooks.update_webhook((event,)), methods=["PUT"])
           for event in WEBHOOK_EVENTS),
-        Route(f"{INSTANCE}/update-every-webhooks", e.update_webhook(tuple(WEBHOOK_EVENTS)), methods=["PUT"]),
-        Route(f"{INSTANCE}/webhooks", e.webhook_settings, methods=["GET"]),
-        Route(f"{INSTANCE}/rotate-webhook-secret", e.rotate_webhook_secret, methods=["POST"]),
-        Route(f"{INSTANCE}/webhook-deliveries", e.webhook_deliveries, methods=["GET"]),
+        Route(f"{INSTANCE}/update-every-webhooks", hooks.update_webhook(tuple(WEBHOOK_EVENTS)), methods=["PUT"]),
+        Route(f"{INSTANCE}/webhooks", hooks.webhook_settings, methods=["GET"]),
+        Route(f"{INSTANCE}/rotate-webhook-secret", hooks.rotate_webhook_secret, methods=["POST"]),
+        Route(f"{INSTANCE}/webhook-deliveries", hooks.webhook_deliveries, methods=["GET"]),
     ]
     if settings.whatsapp_transport == "simulator":  # the simulator's own knobs, for tests and demos
         table += [
-            Route("/simulator/instances/{instance}", e.simulator_configure, methods=["POST"]),
-            Route("/simulator/instances/{instance}/events", e.simulator_events, methods=["GET"]),
-            Route("/simulator/instances/{instance}/receipts", e.simulator_receipt, methods=["POST"]),
+            Route("/simulator/instances/{instance}", simulated.simulator_configure, methods=["POST"]),
+            Route("/simulator/instances/{instance}/events", simulated.simulator_events, methods=["GET"]),
+            Route("/simulator/instances/{instance}/receipts", simulated.simulator_receipt, methods=["POST"]),
         ]
     return table
 

@@ -13,19 +13,12 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from service.api.actions import cancel_all_counted, cancel_counted, qr_png, session_action, transport_control
 from service.api.auth import TooManyFailures, record_failure, refuse_if_locked_out
+from service.api.calls import call, core
 from service.api.dashboard import login
-from service.api.endpoints import (
-    call,
-    cancel_all_counted,
-    cancel_counted,
-    core,
-    iso,
-    qr_png,
-    session_action,
-    transport_control,
-)
 from service.api.schemas import ValidationError
+from service.api.shapes import iso
 from service.api.templating import TEMPLATES
 from service.core import control, enqueue, instances, overview, reads, sessions, webhooks
 from service.core.errors import CoreError, InstanceNotFound

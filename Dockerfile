@@ -17,8 +17,18 @@ COPY workers ./workers
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+# NEONIZE_BOT_TAG=off: neonize would otherwise label every one-to-one message as sent by a bot
+# (read by its Go library from the environment the process starts with: docs/decisions.md).
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 NEONIZE_BOT_TAG=off \
     HOST=0.0.0.0 PORT=8000 DATA_DIR=/var/lib/wmq WORKER_METRICS_PORT=9100
+# The system libraries the wheels load but do not bundle (tests/fast/test_image_libraries.py lists
+# them from what importing the service loads, `make image-check` loads them in the built image):
+# libmagic1 for python-magic, which neonize imports (with it comes libmagic-mgc, its database).
+# Everything else is in the wheels (Pillow's and psycopg's *.libs, neonize's Go library,
+# imageio-ffmpeg's static ffmpeg) or in this base (glibc, libstdc++, zlib, OpenSSL, libffi).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libmagic1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 wmq && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/wmq --create-home wmq
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels whatsapp-message-queue && rm -rf /wheels

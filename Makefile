@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint bench install install-test clean
+.PHONY: run test check lint bench install install-test clean image-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,7 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	sh scripts/install_libmagic.sh
 	sh scripts/install_chromium.sh
 
 run: install
@@ -30,6 +31,11 @@ check: install-test
 
 bench: install-test
 	cd bench && for script in drain enqueue lateness idle growth broker_choice outage; do ../$(BIN)/python $$script.py || exit 1; done
+
+# Builds the Dockerfile with podman and loads what the image ships, in it (root; minutes; not in
+# `make test`): scripts/image_check.sh, docs/deploy.md "1. The image".
+image-check: install
+	bash scripts/image_check.sh
 
 lint: install-test
 	$(BIN)/ruff check service workers tests scripts bench

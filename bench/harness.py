@@ -21,7 +21,8 @@ from psycopg.conninfo import make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.db import migrate, start_embedded_postgres  # noqa: E402
+from service.db.embedded import start_embedded_postgres  # noqa: E402
+from service.db.migrations import migrate  # noqa: E402
 from tests.stack import Stack, wait_until  # noqa: E402
 
 __all__ = ["Stack", "cpu_seconds", "create_instances", "database", "percentile", "postgres_cpu_seconds",

@@ -227,4 +227,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # Go reads NEONIZE_BOT_TAG from the environment the process started with: start again with it
+    # off, or every one-to-one message would carry the bot label (service/cli.py does the same).
+    if not os.environ.get("NEONIZE_BOT_TAG", "").strip():
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "NEONIZE_BOT_TAG": "off"})
     sys.exit(main())

@@ -8,6 +8,7 @@
                   exit 0 if this container's process is alive (the image's HEALTHCHECK, the
                   worker's liveness probe): the API answers /healthz; a worker's heartbeat thread
                   has gone round lately (even with the database away: an outage is not a death)
+                  and, with WHATSAPP_TRANSPORT=neonize, the WhatsApp library loads
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.db import migrate, start_embedded_postgres
+from service.db.embedded import start_embedded_postgres
+from service.db.migrations import migrate
 from service.logs import configure_logging
 from service.settings import Settings, get_settings
 
@@ -146,8 +148,63 @@ def cmd_run(settings: Settings) -> int:
     return code
 
 
+#: What a worker imports to send through each transport that loads native code (the transports
+#: of workers/transports/__init__.py; the simulator loads none). neonize's modules load its Go
+#: library and python-magic, which needs the system's libmagic (the Dockerfile installs it).
+TRANSPORT_MODULES = {"neonize": ("magic", "workers.transports.neonize.transport")}
+
+#: What the child that loads them may take: the probes allow 10 s (k8s/worker.yaml, the Dockerfile).
+TRANSPORT_LOAD_TIMEOUT = 8.0
+
+
+def transport_load_error(transport: str, timeout: float = TRANSPORT_LOAD_TIMEOUT) -> str | None:
+    """Why the worker could not load `transport`'s library, or None. In a child process: Go's
+    runtime, once loaded, would stay in this one, and its panics end the process that loads it."""
+    modules = TRANSPORT_MODULES.get(transport)
+    if not modules:
+        return None
+    code = "import importlib\n" + "".join(f"importlib.import_module({name!r})\n" for name in modules)
+    try:
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                               stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"loading it took more than {timeout:.0f}s"
+    except OSError as error:
+        return f"no Python to load it with: {error}"
+    if child.returncode == 0:
+        return None
+    lines = [line.strip() for line in child.stderr.splitlines() if line.strip()]
+    # A Python error's last line says it ("ImportError: failed to find libmagic…"); a Go panic's first.
+    reason = next((line for line in lines if line.startswith(("panic:", "fatal error:"))), None)
+    return reason or (lines[-1] if lines else f"exit code {child.returncode}")
+
+
+def cached_transport_load_error(settings: Settings) -> str | None:
+    """`transport_load_error`, checked once per container: whether a library loads is the image's
+    property, so later probes read the first one's answer (a child that loads Go costs ~1 s of
+    CPU: a probe every 20 s would cost a worker pod 4 % of a core)."""
+    record = settings.data_dir / f"transport-check-{settings.whatsapp_transport}"
+    try:
+        text = record.read_text()
+        return text or None
+    except OSError:
+        pass
+    error = transport_load_error(settings.whatsapp_transport)
+    try:
+        record.write_text(error or "")
+    except OSError:
+        pass  # an unwritable DATA_DIR: checked again next time
+    return error
+
+
 def cmd_healthcheck(settings: Settings, role: str | None = None) -> int:
-    """0 if alive. Without a role: the worker's check where a worker has run here, else the API's."""
+    """0 if alive. Without a role: the worker's check where a worker has run here, else the API's.
+
+    A worker is also unhealthy when it cannot load the library of the transport new instances get
+    (WHATSAPP_TRANSPORT=neonize): an image without libmagic, say, would otherwise run and start no
+    WhatsApp session, and the probe's failure is what Kubernetes shows (events, restarts). With the
+    simulator (development, tests) neonize is not checked: a library the deployment does not use
+    must not restart its workers."""
     alive = settings.worker_alive_file
     if role == "worker" or (role is None and alive.exists()):
         limit = 3 * settings.message_queue_heartbeat_interval + 5
@@ -159,6 +216,10 @@ def cmd_healthcheck(settings: Settings, role: str | None = None) -> int:
         if age > limit:
             print(f"unhealthy: the heartbeat thread last went round {age:.0f}s ago (limit {limit:.0f}s)",
                   file=sys.stderr)
+            return 1
+        error = cached_transport_load_error(settings)
+        if error is not None:
+            print(f"unhealthy: {settings.whatsapp_transport} cannot be loaded: {error}", file=sys.stderr)
             return 1
         return 0
     import urllib.request
@@ -176,6 +237,20 @@ COMMANDS = {"run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd
             "healthcheck": cmd_healthcheck}
 
 
+#: neonize's Go library adds `<bot biz_bot="1"/>` (an AI/bot label on the contact's phone) to every
+#: one-to-one message unless the process was *started* with this set to off: Go reads the
+#: environment block the process began with, so setting it from Python is too late
+#: (workers/transports/neonize/bottag.py). The commands that may load it start again with it set.
+BOT_TAG = "NEONIZE_BOT_TAG"
+LOADS_NEONIZE = ("worker", "run")
+
+
+def start_without_bot_tag(command: str) -> None:
+    """Re-exec this process with NEONIZE_BOT_TAG=off if it may load neonize and nobody chose."""
+    if command in LOADS_NEONIZE and not os.environ.get(BOT_TAG, "").strip():
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, BOT_TAG: "off"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wmq", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "healthcheck":  # quiet, quick, and creates nothing
         return cmd_healthcheck(settings, args.role)
+    if argv is None:
+        start_without_bot_tag(args.command)
     configure_logging(settings.log_level)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     return COMMANDS[args.command](settings)

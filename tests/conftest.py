@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from service.db import migrate
+from service.db.migrations import migrate
 from tests.stack import Stack
 from tests.webhook_receiver import Receiver
 
@@ -36,7 +36,7 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    from service.db import start_embedded_postgres
+    from service.db.embedded import start_embedded_postgres
 
     server = start_embedded_postgres(tmp_path_factory.mktemp("embedded"))
     yield server.get_uri()

@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from service.db import migrate, start_embedded_postgres
+from service.db.embedded import start_embedded_postgres
+from service.db.migrations import migrate
 
 
 class Database:

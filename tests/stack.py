@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from service.core.context import Core
 from service.core.enqueue import enqueue
 from service.core.models import Enqueued, MessageRequest
-from service.db import make_async_pool, make_pool
+from service.db.pools import make_async_pool, make_pool
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

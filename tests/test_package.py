@@ -31,7 +31,7 @@ def test_a_wheel_carries_the_schema_and_pages_and_migrates_without_the_source_tr
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    check = ("import service, service.db as db, service.api.templating as t; "
+    check = ("import service, service.db.migrations as db, service.api.templating as t; "
              f"assert service.__file__.startswith({str(site)!r}), service.__file__; "
              "assert (t.ASSETS / 'dashboard.js').exists() and t.TEMPLATES.get_template('docs.html'); "
              f"print(','.join(db.migrate({empty_database!r})))")

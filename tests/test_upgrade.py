@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.db import SQL_DIR
+from service.db.migrations import SQL_DIR
 from tests.fast.test_migrations import FIXTURE, restore
 from tests.stack import ADMIN_TOKEN, Stack
 

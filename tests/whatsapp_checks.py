@@ -229,7 +229,7 @@ def session_events() -> None:
 
     from service.core import Core, instances
     from service.core.sessions import SessionHost
-    from service.db import fetch_one, make_pool
+    from service.db.pools import fetch_one, make_pool
     from service.settings import Settings
     from workers.transports.neonize import sessions
     from workers.transports.neonize.sessions import Session

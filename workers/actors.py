@@ -21,7 +21,7 @@ from service.core.models import Claimed
 from service.core.routing import DELIVER_ACTOR, PRESENCE_ACTOR
 from workers import metrics
 from workers.bookkeeping import persist
-from workers.broker import settle
+from workers.broker import SETTLED
 from workers.ordering import current_claim
 from workers.transports import (
     InstanceDisconnected,
@@ -48,20 +48,23 @@ class Deliverer:
         self.settings = core.settings
         self.worker_id = worker_id
 
-    def __call__(self, zaap_id: str, phase: int) -> None:
+    def __call__(self, zaap_id: str, phase: int) -> str | None:
+        """Deliver the claimed message; SETTLED when its send was recorded (the core deleted its
+        broker message: the ack has nothing to do), else None."""
         try:
             claim = current_claim()
         except RuntimeError:
             logger.error("deliver ran without a claim (is the ordering middleware installed?)",
                          extra={"zaap_id": zaap_id})
-            return
+            return None
         try:
-            self._deliver(claim)
+            return self._deliver(claim)
         except Exception:  # the actor never raises: record the failure, keep the order
             logger.exception("delivery failed unexpectedly", extra=claim.log_context())
             self._fail(claim, "internal error", permanent=False)
+            return None
 
-    def _deliver(self, claim: Claimed) -> None:
+    def _deliver(self, claim: Claimed) -> str | None:
         ctx = claim.log_context()
         logger.info("message claimed", extra={**ctx, "status": "running" if claim.granted == "typing" else "sending",
                                                "late_s": round(claim.late_s, 3)})
@@ -88,30 +91,31 @@ class Deliverer:
                     ctx, time.monotonic() + RECORD_RETRY_SECONDS)
             logger.info("instance disconnected; head snoozed",
                         extra={**ctx, "status": "scheduled", "retry_in_s": delay})
-            return
+            return None
         except PermanentSendError as error:
             self._fail(claim, str(error), permanent=True)
-            return
+            return None
         except UncertainSendError as error:
             resend = self.settings.message_queue_resend_uncertain
             detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
             if self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend) == "retryable":
                 metrics.RESENT.inc()
-            return
+            return None
         except Exception as error:
             self._fail(claim, f"{type(error).__name__}: {error}", permanent=False)
-            return
+            return None
 
         # Completion first, presence after: the send is recorded (and the next head dispatched)
         # before anything else can fail or take time; the "typing…" then ends with `paused`.
-        self._complete(claim, whatsapp_id)
+        settled = self._complete(claim, whatsapp_id)
         if claim.delay_typing_ms > 0:
             try:
                 self.transport.send_presence(claim.instance_id, claim.phone, "paused")
             except Exception:
                 logger.warning("could not send paused presence", extra=ctx, exc_info=True)
+        return settled
 
-    def _complete(self, claim: Claimed, whatsapp_id: str) -> None:
+    def _complete(self, claim: Claimed, whatsapp_id: str) -> str | None:
         """Record the send; on a database error retry the bookkeeping (for as long as this
         process lives: it alone knows the WhatsApp id), never the send."""
         ctx = {**claim.log_context(), "whatsapp_message_id": whatsapp_id}
@@ -120,12 +124,12 @@ class Deliverer:
                            ctx, deadline=None)
         if not recorded:
             logger.warning("message sent but no longer ours to complete", extra=ctx)
-            return
-        settle()
+            return None
         metrics.SENT.labels(claim.message_type).inc()
         since_accept = claim.accepted_s + time.monotonic() - claim.claimed_at
         metrics.ACCEPT_TO_SEND.labels(claim.message_type).observe(since_accept)
         logger.info("message sent", extra={**ctx, "status": "completed"})
+        return SETTLED
 
     def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> str | None:
         ctx = claim.log_context()

@@ -58,39 +58,32 @@ NEXT_DUE = """
 WAKE_QUEUE = "SELECT pg_notify('dramatiq.' || %s || '.enqueue', '')"
 
 
-_settled = threading.local()
-_SETTLED_ATTRIBUTE = "wmq_settled"
-_PUT_BACK_ATTRIBUTE = "wmq_put_back"
-
-
-def settle() -> None:
-    """The message this thread is processing was settled by the core (`wmq_complete` deletes its
-    broker row with the send, in one transaction): its ack has nothing left to delete."""
-    _settled.flag = True
+#: What an actor returns when the core has settled its broker message itself (`wmq_complete`
+#: deletes the row with the send, in one transaction): its ack has nothing left to delete.
+SETTLED = "wmq-settled"
+#: How a message's ack ends, kept on the message: "delete" (the default), SETTLED, or PUT_BACK's.
+_ACK_ATTRIBUTE = "wmq_ack"
+_PUT_BACK = "put-back"
 
 
 def put_back(message: Message[Any]) -> None:
     """Mark a skipped broker message to be put back rather than deleted by its ack."""
-    setattr(message, _PUT_BACK_ATTRIBUTE, True)
+    setattr(message, _ACK_ATTRIBUTE, _PUT_BACK)
 
 
 class SettledAck(Middleware):
-    """Marks a message whose processing called `settle()`, so `QueueConsumer.ack` skips its
-    statement. With `PUT_BACK`, the one place that decides what an ack does."""
-
-    def before_process_message(self, broker: Any, message: Message[Any]) -> None:
-        _settled.flag = False
+    """Reads what the actor returned: SETTLED marks the message so that `QueueConsumer.ack` skips
+    its statement. With `put_back`, the one place that decides what an ack does."""
 
     def after_process_message(self, broker: Any, message: Message[Any], *, result: object = None,
                               exception: BaseException | None = None) -> None:
-        if getattr(_settled, "flag", False):
-            setattr(message, _SETTLED_ATTRIBUTE, True)
-        _settled.flag = False
+        if result == SETTLED:
+            setattr(message, _ACK_ATTRIBUTE, SETTLED)
 
 
 class QueueConsumer(PostgresConsumer):
     """dramatiq-postgres' consumer with a cheaper ack: one statement on an autocommit connection,
-    none for a message the core has settled already (`settle()`: every sent message).
+    none for a message the core has settled already (its actor returned SETTLED: every sent message).
 
     The stock ack wraps the same DELETE in BEGIN … COMMIT (three round trips) and NOTIFYs the
     message body on an `.ack` channel that only a results listener would read (results are off
@@ -99,10 +92,11 @@ class QueueConsumer(PostgresConsumer):
 
     @raise_connection_error
     def ack(self, message: Message[Any]) -> None:
-        if not getattr(message, _SETTLED_ATTRIBUTE, False):
+        how = getattr(message, _ACK_ATTRIBUTE, "delete")
+        if how != SETTLED:
             conn = getconn(self.pool)
             try:
-                if getattr(message, _PUT_BACK_ATTRIBUTE, False):
+                if how == _PUT_BACK:
                     conn.execute(PUT_BACK, (self.broker.heartbeat_ttl, message.message_id, message.queue_name))
                 else:
                     conn.execute(ACK, (message.message_id, message.queue_name))

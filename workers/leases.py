@@ -7,11 +7,11 @@ after the worker has finished its sends and closed its sessions."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from uuid import UUID
 
 from service.core.sessions import SessionHost
+from workers.background import Background, Connection
 
 logger = logging.getLogger("wmq.leases")
 
@@ -19,13 +19,16 @@ logger = logging.getLogger("wmq.leases")
 RETRY_SECONDS = 0.5
 
 
-class LeaseKeeper(threading.Thread):
+class LeaseKeeper(Background):
+    """The lease rounds (workers/background.py runs them: a failed one is logged and tried again
+    after `RETRY_SECONDS`), on the host's pool: no connection of its own."""
+
     def __init__(self, host: SessionHost, *, interval: float, judge: Callable[[], bool]) -> None:
-        super().__init__(name="wmq-leases", daemon=True)
+        super().__init__("wmq-leases", logger=logger, retry=RETRY_SECONDS, max_retry=RETRY_SECONDS,
+                         stop_timeout=10)
         self.host = host
         self.interval = interval
         self.judge = judge
-        self._stopping = threading.Event()
         self._draining = False
         self.owned: dict[UUID, str] = {}
 
@@ -33,28 +36,19 @@ class LeaseKeeper(threading.Thread):
         """From now on only renew: the worker is stopping and finishes its sends."""
         self._draining = True
 
-    def round(self) -> None:
+    def round(self, conn: Connection | None = None) -> float:
+        """One lease round; the next comes after `interval`."""
         before = set(self.owned)
         self.owned = dict(self.host.lease_round(judge=self.judge(), acquire=not self._draining))
         gained, lost = set(self.owned) - before, before - set(self.owned)
         if gained or lost:
             logger.info("session leases changed", extra={
                 "owned": len(self.owned), "gained": len(gained), "lost": len(lost)})
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.round()
-                wait = self.interval
-            except Exception:
-                logger.warning("session lease round failed", exc_info=True)
-                wait = RETRY_SECONDS
-            self._stopping.wait(wait)
+        return self.interval
 
     def stop(self) -> None:
         """Stop the rounds and give every lease up (their heads wait for the next owners)."""
-        self._stopping.set()
-        self.join(timeout=10)
+        super().stop()
         try:
             self.host.lease_round(judge=False, stopping=True)
             logger.info("session leases given up", extra={"count": len(self.owned)})

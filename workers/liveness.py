@@ -15,14 +15,13 @@ still: SIGSTOP, a VM pause) starts the count again.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import psycopg
 
+from workers.background import Background, Connection
 from workers.broker import HEARTBEAT, LEAVE
 
 logger = logging.getLogger("wmq.liveness")
@@ -31,10 +30,21 @@ logger = logging.getLogger("wmq.liveness")
 RETRY_SECONDS = 0.5
 
 
-class Heartbeat(threading.Thread):
+#: The heartbeat's own connection: it must notice a lost database within seconds.
+CONNECT_OPTIONS = {"autocommit": True, "connect_timeout": 3, "application_name": "wmq-heartbeat",
+                   "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
+
+
+class Heartbeat(Background):
+    """The heartbeat thread (workers/background.py runs its rounds). It keeps its connection
+    itself, not through the loop: a failed connection is a failed beat, counted as the database
+    away, and the alive file is touched all the same."""
+
     def __init__(self, database_url: str, worker_id: UUID, *, interval: float, ttl: float,
                  alive_file: Path | None = None) -> None:
-        super().__init__(name="wmq-heartbeat", daemon=True)
+        # A round raises only on a bug (a database error is a failed beat): tried again as one.
+        super().__init__("wmq-heartbeat", logger=logger, retry=RETRY_SECONDS, max_retry=RETRY_SECONDS,
+                         stop_timeout=5)
         self.database_url = database_url
         self.worker_id = worker_id
         self.interval = interval
@@ -42,8 +52,7 @@ class Heartbeat(threading.Thread):
         #: Touched on every round, whether the database answered or not (an outage is not a
         #: death): what `wmq healthcheck worker`, the container's liveness check, reads.
         self.alive_file = alive_file
-        self._stopping = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: Connection | None = None
         self._last_ok: float | None = None
         self._continuous_since: float | None = None
 
@@ -52,9 +61,9 @@ class Heartbeat(threading.Thread):
         now = time.monotonic()
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=3,
-                                             application_name="wmq-heartbeat", keepalives=1, keepalives_idle=5,
-                                             keepalives_interval=2, keepalives_count=2)
+                self._conn = self.connect(self.database_url, **CONNECT_OPTIONS)
+                if self._conn is None:
+                    return False  # stopped while connecting
             self._conn.execute(HEARTBEAT, (self.worker_id,))
         except psycopg.Error:
             if self._continuous_since is not None:
@@ -79,11 +88,10 @@ class Heartbeat(threading.Thread):
         now = time.monotonic()
         return since is not None and last is not None and now - since > self.ttl and now - last <= self._max_gap()
 
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            beaten = self.beat()
-            self._touch()
-            self._stopping.wait(self.interval if beaten else RETRY_SECONDS)
+    def round(self, conn: Connection | None) -> float:
+        beaten = self.beat()
+        self._touch()
+        return self.interval if beaten else RETRY_SECONDS
 
     def _touch(self) -> None:
         if self.alive_file is None:
@@ -96,8 +104,7 @@ class Heartbeat(threading.Thread):
     def stop(self, *, leave: bool = False) -> None:
         """Stop beating; with `leave`, also take this worker out of the live ones at once (a clean
         stop, once its sends are recorded and its leases given up), rather than after the TTL."""
-        self._stopping.set()
-        self.join(timeout=5)
+        super().stop()
         if leave:
             try:
                 with psycopg.connect(self.database_url, autocommit=True, connect_timeout=3) as conn:

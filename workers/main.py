@@ -18,7 +18,7 @@ import dramatiq
 from service.core import instances, routing
 from service.core.context import Core
 from service.core.sessions import SessionHost
-from service.db import make_pool
+from service.db.pools import make_pool
 from service.settings import Settings
 from workers import metrics
 from workers.actors import Deliverer, PresenceSender, declare_actors

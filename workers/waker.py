@@ -11,12 +11,9 @@ Every worker runs one: a duplicate NOTIFY only wakes a consumer that finds nothi
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from typing import Any
 
-import psycopg
-
+from workers.background import Background, Connection
 from workers.broker import LISTEN_DUE, NEXT_DUE, WAKE_QUEUE
 
 logger = logging.getLogger("wmq.waker")
@@ -25,42 +22,30 @@ logger = logging.getLogger("wmq.waker")
 MAX_SLEEP = 5.0
 
 
-class DueTimeWaker(threading.Thread):
+class DueTimeWaker(Background):
+    """A round wakes the queues whose message fell due during the wait before it, then looks for
+    each queue's next due time and sleeps until the earliest (workers/background.py waits, on its
+    own connection, LISTENing to `wmq.due`: a new future dispatch may bring it closer)."""
+
     def __init__(self, database_url: str, queues: list[str]) -> None:
-        super().__init__(name="wmq-waker", daemon=True)
+        super().__init__("wmq-waker", logger=logger, conninfo=database_url, listen=LISTEN_DUE, stop_timeout=1.0)
         self.database_url = database_url
         self.queues = queues
-        self._stopping = threading.Event()
+        #: When (monotonic) each queue's next message falls due, as the last round found.
+        self._due: dict[str, float] = {}
 
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
-                    conn.execute(LISTEN_DUE)
-                    self._loop(conn)
-            except Exception:
-                logger.warning("due-time waker reconnecting", exc_info=True)
-                self._stopping.wait(1.0)
-
-    def _loop(self, conn: psycopg.Connection[Any]) -> None:
-        while not self._stopping.is_set():
-            waits = {q: w for q in self.queues if (w := self._next_due(conn, q)) is not None}
-            sleep = min([MAX_SLEEP, *waits.values()])
-            # Sleep until the earliest due time, or until a new future dispatch may bring it closer;
-            # then wake every queue whose message fell due meanwhile.
-            started = time.monotonic()
-            for _ in conn.notifies(timeout=max(sleep, 0), stop_after=1):
-                pass
-            elapsed = time.monotonic() - started
-            for queue, wait in waits.items():
-                if wait <= elapsed + 0.001:
-                    conn.execute(WAKE_QUEUE, (queue,))
+    def round(self, conn: Connection | None) -> float:
+        assert conn is not None  # the waker has a connection of its own
+        now = time.monotonic()
+        for queue, due in self._due.items():
+            if due <= now + 0.001:
+                conn.execute(WAKE_QUEUE, (queue,))
+        waits = {q: w for q in self.queues if (w := self._next_due(conn, q)) is not None}
+        looked = time.monotonic()
+        self._due = {queue: looked + wait for queue, wait in waits.items()}
+        return min([MAX_SLEEP, *waits.values()])
 
     @staticmethod
-    def _next_due(conn: psycopg.Connection[Any], queue: str) -> float | None:
+    def _next_due(conn: Connection, queue: str) -> float | None:
         row = conn.execute(NEXT_DUE, (queue,)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=1.0)  # a daemon: a sleep in progress ends with the process

@@ -34,13 +34,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
-
 from service import outbound
 from service.core import webhooks
 from service.core.context import Core
-from service.db import make_pool
+from service.db.pools import make_pool
 from workers import metrics
+from workers.background import Background, Connection
 
 logger = logging.getLogger("wmq.webhooks")
 
@@ -115,10 +114,11 @@ class Receivers:
                 del self._known[origin]  # bounded: only receivers in use or failing are kept
 
 
-class WebhookPoster(threading.Thread):
+class WebhookPoster(Background):
     def __init__(self, core: Core, database_url: str, *, threads: int, timeout: float, retry_for: float,
                  receiver_concurrency: int = 4) -> None:
-        super().__init__(name="wmq-webhooks", daemon=True)
+        # Its rounds run in workers/background.py's loop, on a connection of its own that LISTENs.
+        super().__init__("wmq-webhooks", logger=logger, conninfo=database_url, listen=LISTEN, stop_timeout=POLL + 1)
         self.database_url = database_url
         self.timeout = timeout
         self.retry_for = retry_for
@@ -129,22 +129,13 @@ class WebhookPoster(threading.Thread):
         self.receivers = Receivers(receiver_concurrency)
         self._busy: set[UUID] = set()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
 
     # -- finding work -----------------------------------------------------------------------
 
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
-                    conn.execute(LISTEN)
-                    while not self._stopping.is_set():
-                        self._dispatch()
-                        for _ in conn.notifies(timeout=POLL, stop_after=1):
-                            pass
-            except Exception:
-                logger.warning("webhook poster reconnecting", exc_info=True)
-                self._stopping.wait(1.0)
+    def round(self, conn: Connection | None) -> float:
+        """Hand every due instance to a poster; look again after `POLL`, or at a NOTIFY."""
+        self._dispatch()
+        return POLL
 
     def _dispatch(self) -> None:
         with self._lock:
@@ -208,8 +199,7 @@ class WebhookPoster(threading.Thread):
         return answered
 
     def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=POLL + 1)
+        super().stop()
         self.posters.shutdown(wait=True, cancel_futures=True)
         self.client.close()
         self.pool.close()

@@ -23,7 +23,7 @@ from service.core.context import Core
 from service.core.message_types import TYPES
 from service.core.metrics import Snapshot
 from service.core.webhooks import EVENTS as WEBHOOK_EVENTS
-from service.db import make_async_pool, make_pool
+from service.db.pools import make_async_pool, make_pool
 from service.settings import Settings
 
 logger = logging.getLogger("wmq.api")

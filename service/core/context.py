@@ -9,7 +9,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from service.core.routing import Route
-from service.db import fetch_all, fetch_one, fetch_one_async
+from service.db.pools import fetch_all, fetch_one, fetch_one_async
 from service.settings import Settings
 
 

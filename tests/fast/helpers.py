@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 from service.core import instances, transitions
 from service.core.context import Core
 from service.core.models import Claimed
-from service.db import make_pool
+from service.db.pools import make_pool
 from service.settings import Settings
 from workers.maintenance.loop import Task, run_as_leader
 

@@ -26,7 +26,7 @@ from tests.fast.helpers import (
     now,
     worker,
 )
-from workers.broker import QueueBroker, put_back
+from workers.broker import SETTLED, QueueBroker, SettledAck, put_back
 from workers.liveness import Heartbeat
 from workers.maintenance import rescuer
 
@@ -117,6 +117,25 @@ def test_a_skipped_broker_message_of_a_message_in_flight_is_put_back_not_deleted
     execute(core, "UPDATE dramatiq.queue SET state = 'consumed' WHERE message_id = %(id)s", id=dispatch)
     consumer.ack(plain)
     assert broker_row(core, dispatch) is None  # a stale one is deleted as before
+
+
+def test_a_message_whose_actor_returned_settled_is_acked_without_a_statement(core: Core) -> None:
+    """The core deleted the broker row with the send; the actor says so by what it returns, and
+    the ack reads it (no thread-local between them). A row still there is left alone."""
+    zaap = enqueue(core, instance(core))
+    dispatch = message(core, zaap)["dispatch_id"]
+    execute(core, "UPDATE dramatiq.queue SET state = 'consumed' WHERE message_id = %(id)s", id=dispatch)
+    broker = QueueBroker(pool=core.pool, results=False, middleware=[], heartbeat_ttl=60.0)
+    consumer = broker.consume("whatsapp")
+    body: Message[Any] = Message(queue_name="whatsapp", actor_name="deliver", args=(zaap, 1), kwargs={}, options={},
+                                 message_id=str(dispatch), message_timestamp=0)
+    settled, plain = MessageProxy(body), MessageProxy(body)
+    SettledAck().after_process_message(broker, settled, result=SETTLED)
+    SettledAck().after_process_message(broker, plain, result=None)
+    consumer.ack(settled)
+    assert broker_row(core, dispatch) is not None, "a settled message's ack runs no statement"
+    consumer.ack(plain)
+    assert broker_row(core, dispatch) is None
 
 
 def test_the_heartbeat_judges_only_after_continuous_access_for_the_ttl(database_url: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from service.db import SQL_DIR, definition_files, migrate, pending_migrations
+from service.db.migrations import SQL_DIR, definition_files, migrate, pending_migrations
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "database_at_v6.sql"
 
@@ -56,7 +56,7 @@ def test_every_function_has_one_current_definition() -> None:
         for name in re.findall(r"^CREATE (?:OR REPLACE )?(?:FUNCTION|VIEW|TRIGGER) (\w+)", path.read_text(), re.M):
             defined.setdefault(name, []).append(path.name)
     assert defined and all(len(files) == 1 for files in defined.values()), defined
-    # Names the service owns (service/db.py drops and recreates exactly these).
+    # Names the service owns (service/db/migrations.py drops and recreates exactly these).
     for name in defined:
         assert name.startswith(("wmq_", "v_", "messages_status_")) or name == "get_next_message_sequence", name
     for path in sorted((SQL_DIR / "migrations").glob("*.sql")):
@@ -97,7 +97,7 @@ def test_a_database_at_version_6_upgrades_to_exactly_the_new_schema(database_url
 
 def test_a_changed_definition_is_applied_again_and_a_removed_one_dropped(empty_database: str, tmp_path: Path,
                                                                         monkeypatch: Any) -> None:
-    import service.db as db
+    import service.db.migrations as db
 
     migrate(empty_database)
     sql_dir = tmp_path / "sql"
@@ -125,7 +125,7 @@ def test_a_changed_definition_is_applied_again_and_a_removed_one_dropped(empty_d
 def test_an_operators_own_objects_and_extensions_in_public_survive_a_new_definition(empty_database: str,
                                                                                     tmp_path: Path,
                                                                                     monkeypatch: Any) -> None:
-    import service.db as db
+    import service.db.migrations as db
 
     migrate(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:

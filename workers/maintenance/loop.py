@@ -6,7 +6,6 @@ message under its instance lock as well, so even two leaders could not act twice
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from service.core import maintenance
 from service.core.context import Core
+from workers.background import Background, Connection
 from workers.maintenance import dispatcher, rescuer, retention
 
 logger = logging.getLogger("wmq.maintenance")
@@ -46,13 +46,17 @@ def run_as_leader(pool: ConnectionPool, task: Task) -> int | None:
         return task.run(conn)
 
 
-class MaintenanceLoop(threading.Thread):
+class MaintenanceLoop(Background):
+    """Every task once per `interval`, the first after one interval (workers/background.py runs
+    the rounds), on the pool: no connection of its own. A task that fails is logged and the
+    others run; the next round comes at its time."""
+
     def __init__(self, pool: ConnectionPool, tasks: list[Task], interval: float) -> None:
-        super().__init__(name="wmq-maintenance", daemon=True)
+        super().__init__("wmq-maintenance", logger=logger, first_wait=interval, retry=interval,
+                         max_retry=interval, stop_timeout=30)
         self.pool = pool
         self.tasks = tasks
         self.interval = interval
-        self.stopping = threading.Event()
 
     def run_once(self) -> dict[str, int | None]:
         done: dict[str, int | None] = {}
@@ -63,10 +67,6 @@ class MaintenanceLoop(threading.Thread):
                 logger.exception("maintenance task failed", extra={"task": task.name})
         return done
 
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval):
-            self.run_once()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
+    def round(self, conn: Connection | None) -> float:
+        self.run_once()
+        return self.interval

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from service.db import fetch_all, fetch_one
+from service.db.pools import fetch_all, fetch_one
 from service.settings import Settings
 from workers.transports.base import (
     InstanceDisconnected,

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.api import metrics
 from service.api.calls import call, core
-from service.db import pending_migrations
+from service.db.migrations import pending_migrations
 
 logger = logging.getLogger("wmq.api")
 

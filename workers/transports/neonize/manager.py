@@ -18,7 +18,7 @@ from uuid import UUID
 
 from service.settings import Settings
 from workers.transports.base import SessionHost
-from workers.transports.neonize import IMPORT_LOCK
+from workers.transports.neonize import IMPORT_LOCK, bottag
 from workers.transports.neonize.store import Store, StoreError, init_store
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class SessionManager(threading.Thread):
                 self._record(instance_id, "store_error", str(error), {})
             return False
         self._store, self._store_error = Store(self.database_url, schema), None
+        bottag.refusal()  # says now, in the log, if this worker's one-to-one messages will wait
         return True
 
     def _record(self, instance_id: UUID, state: str, detail: str | None, extra: dict[str, Any]) -> None:

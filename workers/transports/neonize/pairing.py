@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from workers.transports.neonize import bottag
+
 logger = logging.getLogger("wmq.whatsapp")
 
 MARKER = "WMQ-PAIRING "
@@ -44,7 +46,9 @@ class PairingAttempt:
                  deadline: float, command: list[str] | None = None) -> None:
         self.report = report
         self.deadline = deadline
-        env = {**os.environ, "WMQ_PAIRING_STORE": store_url, "WMQ_PAIRING_KEY": key,
+        # The child sends no message, but it loads neonize: with the bot tag off, as every
+        # process this service starts (bottag.py).
+        env = {**bottag.child_environment(os.environ), "WMQ_PAIRING_STORE": store_url, "WMQ_PAIRING_KEY": key,
                "WMQ_PAIRING_PHONE": phone or "", "WMQ_PAIRING_PROXY": proxy or ""}
         self.process = subprocess.Popen(command or COMMAND, env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from service.db import MIGRATION_LOCK_ID
+from service.db.migrations import MIGRATION_LOCK_ID
 
 APPLICATION_PREFIX = "wmq-store:"
 

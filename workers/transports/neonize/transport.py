@@ -3,6 +3,9 @@
 Every WhatsApp call is bounded by `MESSAGE_QUEUE_JOB_TIMEOUT` (a helper thread runs it), so a
 hung call can never hold a message thread past the heartbeat TTL (I5). A send that does not
 answer in time may still reach WhatsApp: it is reported as uncertain.
+
+A one-to-one send (or its "typing…") from a process whose neonize would tag it as sent by a bot
+waits instead (bottag.py: the worker was started without NEONIZE_BOT_TAG=off).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from concurrent.futures import TimeoutError as CallTimeout
 from typing import Any, TypeVar
 from uuid import UUID
 
+from neonize.client import NewClient
 from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 
 from workers.transports.base import (
@@ -26,6 +30,7 @@ from workers.transports.base import (
     TransportError,
     UncertainSendError,
 )
+from workers.transports.neonize import bottag
 from workers.transports.neonize.errors import map_error
 from workers.transports.neonize.manager import SessionManager
 from workers.transports.neonize.messages import build_message
@@ -50,6 +55,16 @@ def to_jid_text(phone: str) -> str:
     if phone.endswith("-group"):
         return f"{phone.removesuffix('-group')}@g.us"
     return f"{phone}@s.whatsapp.net"
+
+
+def check_bot_tag(client: Any, to: str) -> None:
+    """Raise InstanceDisconnected (nothing sent, the message waits) for a one-to-one chat when
+    this process's neonize would add `<bot biz_bot="1"/>` to what `client` sends there. Only
+    neonize's client sends through goneonize's `SendMessage`, which adds it (bottag.py)."""
+    if isinstance(client, NewClient) and to.rpartition("@")[2] == bottag.USER_SERVER:
+        reason = bottag.refusal()
+        if reason:
+            raise InstanceDisconnected(reason)
 
 
 class NeonizeTransport:
@@ -106,14 +121,16 @@ class NeonizeTransport:
     def send_presence(self, instance_id: UUID, phone: str, presence: Presence) -> None:
         session = self._session(instance_id)
         state, media = PRESENCES[presence]
-        jid = parse_jid(to_jid_text(phone))
         client = session.client
+        check_bot_tag(client, to_jid_text(phone))  # no "typing…" for a message that will wait
+        jid = parse_jid(to_jid_text(phone))
         self._bounded(instance_id, lambda: REGISTRY.read(lambda: client.send_chat_presence(jid, state, media)),
                       RetryableSendError)
 
     def send(self, message: OutgoingMessage) -> str:
         client = self._session(message.instance_id).client
         to = self.resolved.get((message.instance_id, message.phone)) or to_jid_text(message.phone)
+        check_bot_tag(client, to)
 
         def upload(data: bytes, kind: Any) -> Any:
             return REGISTRY.read(lambda: client.upload(data, kind))

@@ -228,7 +228,7 @@ def session_events() -> None:
     from neonize.utils.enum import Presence
 
     from service.core import Core, instances
-    from service.core.sessions import SessionHost
+    from service.core.session_host import SessionHost
     from service.db.pools import fetch_one, make_pool
     from service.settings import Settings
     from workers.transports.neonize import sessions
@@ -239,7 +239,7 @@ def session_events() -> None:
     pool = make_pool(database_url, max_size=4)
     core = Core(pool, Settings(message_queue_min_jitter=0, message_queue_max_jitter=0))
     instance = instances.create(core, transport="neonize")
-    host = SessionHost(core, database_url, uuid.uuid4())
+    host = SessionHost(core, uuid.uuid4())
     assert instance.id in host.lease_round(judge=True), "the session is this worker's to record"
     seen: list[str] = []
     stopped: list[str] = []
@@ -484,6 +484,18 @@ def pairing() -> None:
     print("pairing: latest code shown, stuck attempt killed, phone code returned, linked device connected")
 
 
+def store_connections(database_url: str) -> int:
+    """How many session-store connections are open (their application_name says so)."""
+    import psycopg
+
+    from workers.transports.neonize.store import APPLICATION_PREFIX
+
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                           (APPLICATION_PREFIX + "%",)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def store() -> None:
     """The session store as a worker meets it after a restart: a comma in a paired account's name
     (which breaks neonize's GetAllDevices parsing) changes nothing, and the connection pool that
@@ -493,7 +505,7 @@ def store() -> None:
 
     from tests.whatsmeow_rows import insert_device
     from workers.transports.neonize.sessions import Session
-    from workers.transports.neonize.store import Store, init_store, store_connections, store_url
+    from workers.transports.neonize.store import Store, init_store, store_url
 
     database_url = os.environ["DATABASE_URL"]
     init_store(database_url, "whatsmeow")
@@ -673,3 +685,4 @@ if __name__ == "__main__":
 
     configure_logging("WARNING")  # after neonize's import-time basicConfig
     globals()[sys.argv[1]]()
+

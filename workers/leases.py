@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from uuid import UUID
 
-from service.core.sessions import SessionHost
+from service.core.session_host import SessionHost
 from workers.background import Background, Connection
 
 logger = logging.getLogger("wmq.leases")

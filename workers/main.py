@@ -17,7 +17,7 @@ import dramatiq
 
 from service.core import instances, routing
 from service.core.context import Core
-from service.core.sessions import SessionHost
+from service.core.session_host import SessionHost
 from service.db.pools import make_pool
 from service.settings import Settings
 from workers import metrics
@@ -59,7 +59,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     heartbeat = Heartbeat(database_url, worker_id, interval=settings.message_queue_heartbeat_interval,
                           ttl=settings.message_queue_heartbeat_ttl, alive_file=settings.worker_alive_file)
 
-    sessions = SessionHost(core, database_url, worker_id)
+    sessions = SessionHost(core, worker_id)
     leases = LeaseKeeper(sessions, interval=settings.message_queue_lease_interval, judge=may_judge)
     wiring = Wiring(
         pool=pool, settings=settings, database_url=database_url, worker_id=worker_id, sessions=sessions,

@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from service.api import metrics
 from service.api.calls import call, core
-from service.core import control, instances, sessions
+from service.core import control, instances, session_commands
 from service.core.models import Instance
 
 
@@ -34,7 +34,7 @@ async def cancel_all_counted(request: Request, instance_id: UUID) -> int:
 def transport_control(request: Request, transport: str) -> Any | None:
     """The API-side control of a transport that has no WhatsApp session to ask (the simulator:
     workers/transports/simulator.py `SimulatorControl`), given to create_app; None for a
-    session transport, whose holder is asked through the core (`sessions.ask`)."""
+    session transport, whose holder is asked through the core (`session_commands.ask`)."""
     return request.app.state.controls.get(transport)
 
 
@@ -59,7 +59,7 @@ async def session_action(request: Request, instance: Instance, command: str, con
     if controlled is not None:
         await switch(request, controlled, instance.id, connected=connected)
     else:
-        await call(sessions.ask, core(request), instance.id, command)
+        await call(session_commands.ask, core(request), instance.id, command)
 
 
 def qr_png(text: str) -> bytes:

@@ -87,7 +87,7 @@ def create_app(settings: Settings, database_url: str, *, controls: dict[str, Any
     WhatsApp session to ask (`configure`, `state`, `events`: workers/transports/simulator.py
     `SimulatorControl`), each built on the API's pool; wired by the caller (service/cli.py) so the
     API imports no transport. Instances of the other transports are steered through their
-    session holder (service/core/sessions.py)."""
+    session holder (service/core/session_commands.py)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

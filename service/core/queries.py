@@ -115,7 +115,7 @@ QUEUES = "SELECT queue_name, session_bound FROM wmq_queues(%(queue)s)"
 
 SESSION_QUEUE = "SELECT wmq_session_queue(%(queue)s, %(worker_id)s) AS name"
 
-# --- WhatsApp sessions (service/core/sessions.py) ---------------------------------------------
+# --- WhatsApp sessions (service/core/session_host.py, session_commands.py, receipts.py) -------
 
 RECORD_WHATSAPP = """
     UPDATE instances

@@ -10,14 +10,14 @@ from uuid import UUID
 
 from service.core import transitions
 from service.core.context import Core
-from service.core.sessions import SessionHost
+from service.core.session_host import SessionHost
 from tests.fast.helpers import claim, enqueue, execute, instance, live_broker_row, message, one, sql, worker
 
 SESSION = "simulator-session"
 
 
 def host(core: Core, worker_id: UUID) -> SessionHost:
-    return SessionHost(core, "unused", worker_id)
+    return SessionHost(core, worker_id)
 
 
 def queue_of(worker_id: UUID) -> str:

@@ -20,7 +20,7 @@ from service.api.dashboard import login
 from service.api.schemas import ValidationError
 from service.api.shapes import iso
 from service.api.templating import TEMPLATES
-from service.core import control, enqueue, instances, overview, reads, sessions, webhooks
+from service.core import control, enqueue, instances, overview, reads, session_commands, webhooks
 from service.core.errors import CoreError, InstanceNotFound
 
 FLASH = "wmq_flash"
@@ -216,7 +216,7 @@ async def qr_page(request: Request, csrf: str) -> Response:
                           what=f"QR code ({summary['transport']} instances need no pairing)")
         if summary["connection_state"] == "connected":
             return render(request, "missing.html", csrf, 409, what="QR code (the instance is already connected)")
-        status = await call(sessions.request_qr, core(request), iid)
+        status = await call(session_commands.request_qr, core(request), iid)
     except InstanceNotFound:
         return render(request, "missing.html", csrf, 404, what="instance")
     except CoreError as error:  # connected already, or no worker holds its session: say so

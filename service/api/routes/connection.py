@@ -19,7 +19,7 @@ from service.api.auth import authenticated
 from service.api.calls import call, core
 from service.api.schemas import ValidationError
 from service.api.shapes import iso
-from service.core import reads, sessions
+from service.core import reads, session_commands
 from service.core.models import Instance
 
 
@@ -55,7 +55,7 @@ async def _current_qr(request: Request) -> dict[str, Any]:
     instance, status = await _pairing_instance(request)
     if status["connection_state"] == "connected":
         raise ValidationError("instance", "the instance is already connected", status=409)
-    return await call(sessions.request_qr, core(request), instance.id)
+    return await call(session_commands.request_qr, core(request), instance.id)
 
 
 async def qr_code(request: Request) -> Response:
@@ -77,7 +77,7 @@ async def phone_code(request: Request) -> Response:
     phone = schemas.phone({"phone": request.path_params["phone"]})
     if not phone.isdigit():
         raise ValidationError("phone", "phone must be the instance's own number, digits with country code")
-    result = await call(sessions.ask, core(request), instance.id, "pair_phone", {"phone": phone})
+    result = await call(session_commands.ask, core(request), instance.id, "pair_phone", {"phone": phone})
     return JSONResponse({"code": result["code"]})
 
 

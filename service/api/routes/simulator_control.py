@@ -17,7 +17,7 @@ from service.api.auth import instance_id_from, require_admin
 from service.api.calls import call, core, json_object
 from service.api.schemas import ValidationError
 from service.api.shapes import iso
-from service.core import instances, sessions
+from service.core import instances, receipts
 
 
 async def simulator_configure(request: Request) -> Response:
@@ -70,5 +70,5 @@ async def simulator_receipt(request: Request) -> Response:
         raise ValidationError("status", "status must be RECEIVED, READ or PLAYED")
     message_id = schemas.non_empty_text(data, "messageId", max_length=200)
     await call(instances.get, core(request), instance_id)
-    moved = await call(sessions.record_receipt, core(request), instance_id, [message_id], kinds[data["status"]])
+    moved = await call(receipts.record_receipt, core(request), instance_id, [message_id], kinds[data["status"]])
     return JSONResponse({"value": True, "moved": moved})

@@ -106,14 +106,6 @@ def release_connections(database_url: str, key: str) -> int:
     return len(rows)
 
 
-def store_connections(database_url: str) -> int:
-    """How many store connections are open (for tests and the dashboard)."""
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-                           (APPLICATION_PREFIX + "%",)).fetchone()
-    return int(row[0]) if row else 0
-
-
 @dataclass(frozen=True)
 class Store:
     """The session store as a session uses it."""

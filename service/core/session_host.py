@@ -1,9 +1,9 @@
-"""WhatsApp sessions as the core sees them: each worker's round of session leases (which
-instances' sessions it owns: service/sql/functions/25_leases.sql), what an owner records, and the
-commands the API leaves for a session's owner (pair code, logout, restart).
+"""The worker's side of WhatsApp sessions, as the core sees it: each worker's round of session
+leases (which instances' sessions it owns: service/sql/functions/25_leases.sql), what an owner
+records, and the commands the API left for it (service/core/session_commands.py leaves them).
 
 The worker side (workers/leases.py, workers/transports/neonize/manager.py) reaches these through
-`SessionHost`, wired in workers/main.py; it imports nothing from the core.
+`SessionHost`, wired in workers/main.py; the transports import nothing from the core.
 """
 
 from __future__ import annotations
@@ -11,77 +11,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from service.core import control, queries, reads
+from service.core import control, queries
 from service.core.context import Core
-from service.core.errors import InstanceNotFound, SessionCommandFailed
+from service.core.receipts import record_receipt
 
 logger = logging.getLogger("wmq.core")
 
 Execute = Callable[[UUID, str, dict[str, Any]], dict[str, Any]]
 
 
-def ask(core: Core, instance_id: UUID, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ask the worker holding the instance's session to act, and wait for its answer (the API's
-    side of `instance_commands`)."""
-    try:
-        row = core.one(queries.INSERT_COMMAND, instance_id=instance_id, command=command, args=Jsonb(args or {}))
-    except psycopg.errors.ForeignKeyViolation:  # removed meanwhile
-        raise InstanceNotFound("instance not found") from None
-    assert row is not None
-    deadline = time.monotonic() + core.settings.whatsapp_command_timeout
-    while time.monotonic() < deadline:
-        done = core.one(queries.COMMAND_RESULT, id=row["id"])
-        if done and done["done_at"]:
-            if done["error"]:
-                raise SessionCommandFailed(done["error"])
-            return dict(done["result"] or {})
-        time.sleep(0.1)
-    core.one(queries.CANCEL_COMMAND, id=row["id"])
-    raise SessionCommandFailed("no worker holding this WhatsApp session answered in time")
-
-
-def record_receipt(core: Core, instance_id: UUID, message_ids: list[str], kind: str,
-                   at: datetime | None = None) -> int:
-    """WhatsApp's receipt (`delivered`, `read`, `played`) for messages the instance sent; how many
-    messages moved (each keeps the first of each kind)."""
-    row = core.one(queries.RECORD_RECEIPT, instance_id=instance_id, ids=message_ids, kind=kind,
-                   at=at or datetime.now(UTC))
-    return int(row["moved"]) if row else 0
-
-
-def request_qr(core: Core, instance_id: UUID) -> dict[str, Any]:
-    """The instance's QR code: pairing starts only when someone asks (a pairing attempt runs
-    about 160 s, in the worker holding the session). Waits for the first code of a new attempt."""
-    status = reads.connection(core, instance_id)
-    if status["owner_alive"] and status["connection_state"] == "qr" and status["qr_code"]:
-        return status
-    ask(core, instance_id, "pair")
-    deadline = time.monotonic() + core.settings.whatsapp_command_timeout
-    while time.monotonic() < deadline:
-        status = reads.connection(core, instance_id)
-        if status["connection_state"] == "qr" and status["qr_code"]:
-            return status
-        if status["connection_state"] != "pairing":  # the attempt ended: the detail says why
-            raise SessionCommandFailed(status["connection_detail"] or f"pairing ended: {status['connection_state']}")
-        time.sleep(0.2)
-    raise SessionCommandFailed("no QR code yet: WhatsApp has not answered the pairing attempt; try again shortly")
-
-
 class SessionHost:
     """What a worker holding WhatsApp sessions needs from the core: its session leases (one
     round at a time, `lease_round`, run by workers/leases.py) and the records of its sessions."""
 
-    def __init__(self, core: Core, database_url: str, worker_id: UUID) -> None:
+    def __init__(self, core: Core, worker_id: UUID) -> None:
         self.core = core
-        self.database_url = database_url
         self.worker_id = worker_id
         self._last_round: float | None = None
 

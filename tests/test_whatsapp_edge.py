@@ -23,7 +23,7 @@ from workers.transports.base import (
     RetryableSendError,
     UncertainSendError,
 )
-from workers.transports.neonize.errors import map_error
+from workers.transports.neonize.errors import REACH_OUT_TIME_LOCK, REFUSALS, map_error
 from workers.transports.neonize.media import fetch_media
 from workers.transports.neonize.numbers import brazil_variants
 from workers.transports.neonize.registry import RegistryLock
@@ -126,9 +126,14 @@ SEND_ERRORS = [
     ("sending to non-status broadcast lists is not yet supported", PermanentSendError),
     ("failed to get user info for 1@s.whatsapp.net to fill LID cache: info query returned status 400: "
      "bad-request", PermanentSendError),
-    ("server returned error 479", PermanentSendError),
-    # Refused before delivery; may pass later.
+    # The server's refusal of the message (REFUSALS): nothing delivered, so never a discard at once.
+    ("server returned error 403", RetryableSendError),
+    ("server returned error 479", RetryableSendError),
+    ("server returned error 418", RetryableSendError),  # a refusal we have no row for
+    ("server returned error 463", InstanceDisconnected),  # the reach-out time-lock: the head waits
+    ("server returned error 500", RetryableSendError),
     ("server returned error 503", RetryableSendError),
+    # Refused before delivery; may pass later.
     ("failed to get device list: info query timed out", RetryableSendError),
     ("failed to get user info for 1@s.whatsapp.net to fill LID cache: info query returned status 429: "
      "rate-overlimit", RetryableSendError),
@@ -143,6 +148,29 @@ def test_whatsmeow_send_errors_map_to_what_they_mean_for_the_message(message: st
     mapped = map_error(SendMessageError(message), sending=True)
     assert type(mapped) is kind
     assert message in str(mapped) and "SendMessageError" in str(mapped)
+
+
+def test_every_refusal_row_is_in_the_error_table_with_its_kind_and_reason() -> None:
+    tested = {int(message.rsplit(" ", 1)[1]): kind for message, kind in SEND_ERRORS
+              if message.startswith("server returned error ")}
+    for key, (kind, reason) in REFUSALS.items():
+        codes = [key] if isinstance(key, int) else [
+            code for code in tested if f"{code // 100}xx" == key and code not in REFUSALS]
+        assert codes, f"no test row for the refusal {key}"
+        for code in codes:
+            assert tested[code] is kind, code
+            mapped = map_error(SendMessageError(f"server returned error {code}"), sending=True)
+            assert str(mapped).startswith(f"{reason} (SendMessageError: server returned error {code})")
+
+
+def test_the_reach_out_time_lock_makes_the_head_wait_with_its_reason() -> None:
+    mapped = map_error(SendMessageError("server returned error 463"), sending=True)
+    assert type(mapped) is InstanceDisconnected
+    assert str(mapped).startswith("WhatsApp's reach-out time-lock (463): this account may not start new "
+                                  "conversations for now; waiting")
+    assert str(mapped).startswith(REACH_OUT_TIME_LOCK)
+    # Outside the send call it means the same (nothing was delivered).
+    assert type(map_error(SendMessageError("server returned error 463"))) is InstanceDisconnected
 
 
 @pytest.mark.parametrize(

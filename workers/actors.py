@@ -19,7 +19,7 @@ from service.core.context import Core
 from service.core.message_types import presence_for
 from service.core.models import Claimed
 from service.core.routing import DELIVER_ACTOR, PRESENCE_ACTOR
-from workers import metrics
+from workers import counters
 from workers.bookkeeping import persist
 from workers.broker import SETTLED
 from workers.ordering import current_claim
@@ -69,7 +69,7 @@ class Deliverer:
         logger.info("message claimed", extra={**ctx, "status": "running" if claim.granted == "typing" else "sending",
                                                "late_s": round(claim.late_s, 3)})
         if claim.first_start:
-            metrics.LATENESS.labels(claim.message_type).observe(max(0.0, claim.late_s))
+            counters.LATENESS.labels(claim.message_type).observe(max(0.0, claim.late_s))
         # No connectivity check first: the transport raises InstanceDisconnected when it cannot
         # send, before anything reaches WhatsApp, and the head is snoozed either way.
         try:
@@ -78,13 +78,13 @@ class Deliverer:
                 if transitions.start_typing(self.core, claim.zaap_id, self.worker_id):
                     logger.info("typing", extra={**ctx, "status": "typing", "delay_typing_ms": claim.delay_typing_ms})
                 return
-            with metrics.CALL_SECONDS.labels(claim.message_type).time():
+            with counters.CALL_SECONDS.labels(claim.message_type).time():
                 whatsapp_id = self.transport.send(OutgoingMessage(
                     zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
                     message_type=claim.message_type, payload=claim.payload,
                 ))
         except InstanceDisconnected as error:
-            metrics.SNOOZED.labels(claim.message_type).inc()
+            counters.SNOOZED.labels(claim.message_type).inc()
             delay = self.settings.message_queue_disconnect_retry_delay
             reason = f"disconnected: {error}"
             persist("the snooze", lambda: transitions.snooze(self.core, claim.zaap_id, self.worker_id, delay, reason),
@@ -99,7 +99,7 @@ class Deliverer:
             resend = self.settings.message_queue_resend_uncertain
             detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
             if self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend) == "retryable":
-                metrics.RESENT.inc()
+                counters.RESENT.inc()
             return None
         except Exception as error:
             self._fail(claim, f"{type(error).__name__}: {error}", permanent=False)
@@ -125,9 +125,9 @@ class Deliverer:
         if not recorded:
             logger.warning("message sent but no longer ours to complete", extra=ctx)
             return None
-        metrics.SENT.labels(claim.message_type).inc()
+        counters.SENT.labels(claim.message_type).inc()
         since_accept = claim.accepted_s + time.monotonic() - claim.claimed_at
-        metrics.ACCEPT_TO_SEND.labels(claim.message_type).observe(since_accept)
+        counters.ACCEPT_TO_SEND.labels(claim.message_type).observe(since_accept)
         logger.info("message sent", extra={**ctx, "status": "completed"})
         return SETTLED
 
@@ -137,7 +137,7 @@ class Deliverer:
         status = persist("the failure", lambda: transitions.fail(
             self.core, claim.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff),
             ctx, time.monotonic() + RECORD_RETRY_SECONDS)
-        metrics.FAILED.labels(claim.message_type, str(status or "unrecorded")).inc()
+        counters.FAILED.labels(claim.message_type, str(status or "unrecorded")).inc()
         logger.warning("send failed", extra={**ctx, "error": error, "status": status})
         return status
 

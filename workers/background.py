@@ -1,9 +1,10 @@
 """The one loop of a worker's long-lived threads: do a round, wait, again, until stopped.
 
-Why it exists: the heartbeat, the lease keeper, the maintenance loop, the due-time waker and the
-webhook poster each ran that loop with its own copy of the stop event, the reconnection after a
-database loss and the logging of a failed round, each a little different (some not stoppable
-while connecting or sleeping, some ended by the first unexpected exception). Here it is once; each
+Why it exists: the heartbeat, the lease keeper, the maintenance loop, the due-time waker, the
+webhook poster and the WhatsApp session manager each ran that loop with its own copy of the
+stop event, the reconnection after a database loss and the logging of a failed round, each a
+little different (some not stoppable while connecting or sleeping, some ended by the first
+unexpected exception). Here it is once; each
 thread's module holds only its work: `round(conn)` does one round and returns how long to wait
 before the next (the maintenance loop also waits once before its first, `first_wait`).
 

@@ -20,7 +20,7 @@ from service.core.context import Core
 from service.core.session_host import SessionHost
 from service.db.pools import make_pool
 from service.settings import Settings
-from workers import metrics
+from workers import counters
 from workers.actors import Deliverer, PresenceSender, declare_actors
 from workers.broker import build_broker, declare
 from workers.leases import LeaseKeeper
@@ -29,7 +29,7 @@ from workers.maintenance import MaintenanceLoop, Task, core_tasks
 from workers.ordering import OrderingMiddleware
 from workers.transports import TRANSPORTS, RoutingTransport, Wiring
 from workers.waker import DueTimeWaker
-from workers.webhooks import WebhookPoster
+from workers.webhook_poster import WebhookPoster
 
 logger = logging.getLogger("wmq.worker")
 
@@ -93,7 +93,7 @@ def run_worker(settings: Settings, database_url: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     heartbeat.start()
-    metrics.serve(settings.worker_metrics_port)
+    counters.serve(settings.worker_metrics_port)
     worker.start()
     leases.start()
     maintenance.start()

@@ -20,8 +20,8 @@ from service.api.routes import simulator_control as simulated
 from service.api.routes import webhook_settings as hooks
 from service.api.schemas import ValidationError
 from service.core.context import Core
+from service.core.gauges import Snapshot
 from service.core.message_types import TYPES
-from service.core.metrics import Snapshot
 from service.core.webhooks import EVENTS as WEBHOOK_EVENTS
 from service.db.pools import make_async_pool, make_pool
 from service.settings import Settings

@@ -1,4 +1,4 @@
-"""`/metrics` in Prometheus' text format: the database gauges (service/core/metrics.py) and
+"""`/metrics` in Prometheus' text format: the database gauges (service/core/gauges.py) and
 the API's own counters. Labels are message types, statuses and outcomes, never instances or
 phones (bounded cardinality; per-instance figures belong to the queue routes)."""
 
@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from service.core.metrics import Snapshot
+from service.core.gauges import Snapshot
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ACCEPTED = Counter("wmq_messages_accepted", "Sends accepted (committed) by this API process",

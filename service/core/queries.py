@@ -292,7 +292,7 @@ ROTATE_WEBHOOK_SECRET = """
     RETURNING *
 """
 
-# --- metrics (service/core/metrics.py) ------------------------------------------------------------
+# --- metrics (service/core/gauges.py) ------------------------------------------------------------
 
 METRICS_SNAPSHOT = """
     SELECT

@@ -1,5 +1,5 @@
 """Webhooks as the core sees them: each instance's URLs and signing secret, its deliveries, and
-the steps of posting them (workers/webhooks.py posts; service/sql/functions/70_webhooks.sql writes the
+the steps of posting them (workers/webhook_poster.py posts; service/sql/functions/70_webhooks.sql writes the
 deliveries in the transactions of the changes they report).
 
 A delivery is posted until the receiver answers 2xx, retried with exponential backoff for

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.api import metrics as api_metrics
-from workers import metrics as worker_metrics
+from workers import counters as worker_metrics
 
 GRAFANA = Path(__file__).resolve().parents[2] / "docs" / "grafana"
 DASHBOARD = GRAFANA / "wmq-dashboard.json"

@@ -94,7 +94,7 @@ def test_a_rotated_secret_keeps_signing_for_its_grace(core: Core) -> None:
 
 
 def test_the_poster_signs_the_delivery_id_with_every_valid_secret() -> None:
-    from workers.webhooks import signature
+    from workers.webhook_poster import signature
 
     one_secret = signature(["s1"], 1700000000, 7, b"{}")
     both = signature(["s1", "s0"], 1700000000, 7, b"{}")

@@ -17,7 +17,7 @@ import psycopg
 
 from service.core import maintenance
 from service.core.context import Core
-from workers import metrics
+from workers import counters
 
 logger = logging.getLogger("wmq.maintenance.rescuer")
 
@@ -30,9 +30,9 @@ def run(core: Core, conn: psycopg.Connection[Any], *, judge: bool = True) -> int
     rescued = maintenance.rescue(core, conn, judge=judge)
     for row in rescued:
         again = row["to_status"] != "discarded"
-        metrics.RESCUED.labels("again" if again else "discarded").inc()
+        counters.RESCUED.labels("again" if again else "discarded").inc()
         if again and row["from_status"] == "sending":  # it may have reached WhatsApp: a resend
-            metrics.RESENT.inc()
+            counters.RESENT.inc()
         logger.warning("message of a dead worker rescued", extra={
             "zaap_id": row["zaap_id"], "instance_id": str(row["instance_id"]), "sequence": row["sequence"],
             "from_status": row["from_status"], "status": row["to_status"],

@@ -1,6 +1,6 @@
 """The dashboard's pages and actions: server-rendered HTML (Jinja2), forms that POST and
 redirect back, a little plain JavaScript for the chart and the refresh (static/), nothing from
-a CDN. Every page needs a login (service/api/dashboard/login.py); every action a CSRF token."""
+a CDN. Every page needs a login (service/api/dashboard/cookies.py); every action a CSRF token."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from service.api.actions import cancel_all_counted, cancel_counted, qr_png, session_action, transport_control
 from service.api.auth import TooManyFailures, record_failure, refuse_if_locked_out
 from service.api.calls import call, core
-from service.api.dashboard import login
+from service.api.dashboard import cookies
 from service.api.schemas import ValidationError
 from service.api.shapes import iso
 from service.api.templating import TEMPLATES
@@ -84,8 +84,8 @@ def page(handler: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Re
     async def endpoint(request: Request) -> Response:
         refuse_if_locked_out(request)
         try:
-            csrf = login.require(request)
-        except login.NotLoggedIn:
+            csrf = cookies.require(request)
+        except cookies.NotLoggedIn:
             if "authorization" in request.headers:
                 record_failure(request)
             if "text/html" in request.headers.get("accept", ""):
@@ -105,12 +105,12 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Callable[[Request], 
         refuse_if_locked_out(request)
         form = await form_of(request)
         try:
-            login.check_action(request, form)
-        except login.NotLoggedIn:
+            cookies.check_action(request, form)
+        except cookies.NotLoggedIn:
             if "authorization" in request.headers:
                 record_failure(request)
             return not_logged_in()
-        except login.CrossSite:
+        except cookies.CrossSite:
             return JSONResponse({"error": "missing or invalid CSRF token, or a request from another site",
                                  "field": "csrf"}, 403)
         try:
@@ -148,12 +148,12 @@ async def login_submit(request: Request) -> Response:
                                           f"address: try again in {refused.retry_after} s.", "csrf": ""},
                                           429, headers={**SECURITY_HEADERS, "Retry-After": str(refused.retry_after)})
     form = await form_of(request)
-    if not request.app.state.settings.admin_token or not login.token_matches(request, form.get("token", "")):
+    if not request.app.state.settings.admin_token or not cookies.token_matches(request, form.get("token", "")):
         record_failure(request)
         return TEMPLATES.TemplateResponse(request, "login.html", {"error": "That is not the admin token.", "csrf": ""},
                                           401, headers=SECURITY_HEADERS)
     response = RedirectResponse(PREFIX, status_code=303)
-    response.set_cookie(login.COOKIE, login.new_session(request), max_age=login.LIFETIME, path=PREFIX,
+    response.set_cookie(cookies.COOKIE, cookies.new_session(request), max_age=cookies.LIFETIME, path=PREFIX,
                         httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
 
@@ -161,11 +161,11 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     form = await form_of(request)
     try:
-        login.check_action(request, form)
-    except (login.NotLoggedIn, login.CrossSite):
+        cookies.check_action(request, form)
+    except (cookies.NotLoggedIn, cookies.CrossSite):
         pass  # logging out is harmless either way
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(login.COOKIE, path=PREFIX)
+    response.delete_cookie(cookies.COOKIE, path=PREFIX)
     return response
 
 

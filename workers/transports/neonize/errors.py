@@ -8,7 +8,9 @@ the first matching pattern wins.
 
 What counts is whether the message frame may have left: before it did, a failure is retried (or
 waits for the connection) with no risk of a duplicate; once it may have, the message is
-*uncertain* and `MESSAGE_QUEUE_RESEND_UNCERTAIN` decides, never a silent retry.
+*uncertain* and `MESSAGE_QUEUE_RESEND_UNCERTAIN` decides, never a silent retry. The one
+exception is the server's refusal of the message node (`server returned error <code>`, its
+nack): the frame left but nothing was delivered, so `REFUSALS` answers by its code.
 """
 
 from __future__ import annotations
@@ -43,14 +45,45 @@ ERROR_TABLE: tuple[tuple[re.Pattern[str], type[TransportError]], ...] = tuple(
         (r"no LID found for .* from server|can't send message to unknown server"
          r"|message recipient must be a user JID with no device part"
          r"|sending to non-status broadcast lists is not yet supported"
-         r"|info query returned status 40[0346]\b|server returned error 4\d\d"
+         r"|info query returned status 40[0346]\b"
          r"|the given data is not a valid image|unknown media type|frame too large", PermanentSendError),
         # Refused or failed before or at the server, nothing delivered: try again later.
         (r"info query timed out|info query returned status (429|5\d\d)|rate-overlimit"
-         r"|server returned error 5\d\d|no signal session established|failed to get (device list|LID)"
+         r"|no signal session established|failed to get (device list|LID)"
          r"|failed to fetch LID mappings|failed to prefetch sessions", RetryableSendError),
     )
 )
+
+# The server's nack of the message node (whatsmeow's ErrServerReturnedError, "server returned error
+# <code>"): it answered, so nothing was delivered and another try cannot duplicate the message. A
+# row per code, else per class ("4xx", "5xx"): the kind and the reason, in our words, that the
+# message's error starts with. Sources in docs/decisions.md (issue 21); each row is tested.
+REFUSAL = re.compile(r"server returned error (\d{3})\b", re.IGNORECASE)
+REACH_OUT_TIME_LOCK = ("WhatsApp's reach-out time-lock (463): this account may not start new "
+                       "conversations for now; waiting")
+REFUSALS: dict[int | str, tuple[type[TransportError], str]] = {
+    # Refused for this recipient, reported to pass an hour or more later (or the account blocked
+    # the recipient): retried with backoff, discarded after MESSAGE_QUEUE_MAX_JOB_ATTEMPTS.
+    403: (RetryableSendError, "WhatsApp refused the message (403); it may pass later"),
+    # The account may not start conversations for a while: the head waits without spending an
+    # attempt (snoozed by MESSAGE_QUEUE_DISCONNECT_RETRY_DELAY, as for a disconnected instance).
+    463: (InstanceDisconnected, REACH_OUT_TIME_LOCK),
+    # Intermittent (seen right after an undecryptable message from the recipient); passes on a
+    # later try or after a reconnect.
+    479: (RetryableSendError, "WhatsApp refused the message (479), an intermittent refusal"),
+    # Any other refusal: nothing was delivered, so a few tries before the discard cost nothing.
+    "4xx": (RetryableSendError, "WhatsApp refused the message"),
+    "5xx": (RetryableSendError, "WhatsApp's server failed to take the message"),
+}
+
+
+def refusal(message: str) -> tuple[type[TransportError], str] | None:
+    """The row of `REFUSALS` for a server refusal in `message`, or None if it is not one."""
+    found = REFUSAL.search(message)
+    if not found:
+        return None
+    code = int(found.group(1))
+    return REFUSALS.get(code) or REFUSALS.get(f"{code // 100}xx")
 
 
 def map_error(error: BaseException, *, sending: bool = False) -> TransportError:
@@ -61,6 +94,10 @@ def map_error(error: BaseException, *, sending: bool = False) -> TransportError:
         return error
     text = f"{type(error).__name__}: {error}"
     message = str(error).strip()
+    refused = refusal(message)
+    if refused:
+        kind, reason = refused
+        return kind(f"{reason} ({text})")
     for pattern, kind in ERROR_TABLE:
         if pattern.search(message):
             if kind is UncertainSendError and not sending:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from service.settings import Settings
+from workers.background import Background, Connection
 from workers.transports.base import SessionHost
 from workers.transports.neonize import IMPORT_LOCK, bottag
 from workers.transports.neonize.store import Store, StoreError, init_store
@@ -27,10 +28,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wmq.whatsapp")
 
 
-class SessionManager(threading.Thread):
+class SessionManager(Background):
+    """Every `interval`: checks this worker's leases, keeps its sessions, runs the API's commands.
+    A failed check or upkeep is logged by the loop (workers/background.py) and tried again after
+    `interval`; a lost lock also gives the sessions up at once."""
+
     def __init__(self, host: SessionHost, settings: Settings, database_url: str, *, transport: str,
                  interval: float = 1.0) -> None:
-        super().__init__(name="wmq-whatsapp-sessions", daemon=True)
+        # stop_timeout: the sessions are stopped on the way out (`_drop_lock`, up to 10 s each, in parallel)
+        super().__init__("wmq-whatsapp-sessions", logger=logger, retry=interval, max_retry=interval,
+                         stop_timeout=30)
         self.host = host
         self.settings = settings
         self.database_url = database_url
@@ -38,7 +45,6 @@ class SessionManager(threading.Thread):
         self.interval = interval
         self.sessions: dict[UUID, Session] = {}
         self.owner = False
-        self._stopping = threading.Event()
         self._store: Store | None = None
         self._store_error: str | None = None
 
@@ -48,23 +54,24 @@ class SessionManager(threading.Thread):
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """The loop; on its way out (`stop()`) it gives the sessions and the lock up."""
         try:
-            while not self._stopping.is_set():
-                try:
-                    owner = self._own()
-                except Exception:
-                    logger.exception("lost the whatsapp sessions lock")
-                    self._drop_lock(lost=True)
-                    owner = False
-                if owner:
-                    try:
-                        self._sync()
-                        self._run_commands()
-                    except Exception:  # a passing database error: keep the sessions, try again
-                        logger.exception("whatsapp session upkeep failed")
-                self._stopping.wait(self.interval)
+            super().run()
         finally:
             self._drop_lock(lost=False)
+
+    def round(self, conn: Connection | None) -> float:
+        try:
+            owner = self._own()
+        except Exception:  # the lock is lost: another worker may hold the sessions already
+            if self.owner:
+                logger.warning("lost the whatsapp sessions lock: giving this worker's sessions up")
+            self._drop_lock(lost=True)
+            raise  # logged by the loop, which checks again after `interval`
+        if owner:  # a failure here (a passing database error) keeps the sessions: the loop tries again
+            self._sync()
+            self._run_commands()
+        return self.interval
 
     def _own(self) -> bool:
         was_owner, self.owner = self.owner, self.host.hold()
@@ -154,7 +161,3 @@ class SessionManager(threading.Thread):
             return {"state": "restarting"}
         raise ValueError(f"unknown command {command}")
 
-    def stop(self) -> None:
-        """Stop the loop; it gives the sessions and the lock up on its way out."""
-        self._stopping.set()
-        self.join(timeout=30)

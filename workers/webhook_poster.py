@@ -38,7 +38,7 @@ from service import outbound
 from service.core import webhooks
 from service.core.context import Core
 from service.db.pools import make_pool
-from workers import metrics
+from workers import counters
 from workers.background import Background, Connection
 
 logger = logging.getLogger("wmq.webhooks")
@@ -171,7 +171,7 @@ class WebhookPoster(Background):
                                                       unfinished=row["unfinished_attempts"])
         if row["unfinished_attempts"] >= webhooks.MAX_UNFINISHED_ATTEMPTS:  # it would kill this worker too
             webhooks.failed(self.core, row, status=None, error=why, backoff_s=backoff, give_up=True)
-            metrics.WEBHOOKS.labels(row["event"], "given_up").inc()
+            counters.WEBHOOKS.labels(row["event"], "given_up").inc()
             logger.warning("webhook given up", extra={**log, "error": why})
             return None
         body = json.dumps(row["body"], separators=(",", ":"), ensure_ascii=False).encode()
@@ -186,7 +186,7 @@ class WebhookPoster(Background):
             status = answer.status
             if 200 <= status < 300:
                 webhooks.delivered(self.core, row, status)
-                metrics.WEBHOOKS.labels(row["event"], "delivered").inc()
+                counters.WEBHOOKS.labels(row["event"], "delivered").inc()
                 logger.info("webhook delivered", extra={**log, "status": status})
                 return True
             error, answered = f"HTTP {status}", status < 500
@@ -194,7 +194,7 @@ class WebhookPoster(Background):
             error, answered = failure.reason, False
         webhooks.failed(self.core, row, status=status, error=f"{error}; {why}" if give_up else error,
                         backoff_s=backoff, give_up=give_up)
-        metrics.WEBHOOKS.labels(row["event"], "given_up" if give_up else "failed").inc()
+        counters.WEBHOOKS.labels(row["event"], "given_up" if give_up else "failed").inc()
         logger.warning("webhook not delivered", extra={**log, "error": error, "given_up": give_up})
         return answered
 

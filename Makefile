@@ -15,8 +15,7 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	sh scripts/install_libmagic.sh
-	sh scripts/install_chromium.sh
+	sh scripts/install_test_packages.sh
 
 run: install
 	$(BIN)/wmq run

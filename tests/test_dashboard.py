@@ -1,7 +1,7 @@
 """The dashboard at /dashboard and the API reference at /docs, in a real browser: Debian's
 Chromium driven by Playwright (no browser download), against a real API and worker.
 
-`make test` installs Chromium where it can (scripts/install_chromium.sh); without it the browser
+`make test` installs Chromium where it can (scripts/install_test_packages.sh); without it the browser
 tests are skipped saying so, and the cross-site checks (plain HTTP) still run. Set
 WMQ_SCREENSHOTS=docs/screenshots to refresh the README's pictures."""
 

@@ -6,7 +6,7 @@
 # - chromium: the browser the dashboard's tests drive (tests/test_dashboard.py): Debian's, since
 #   no browser download works here.
 missing=""
-python3 -c "import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library('magic') else 1)" || missing="libmagic1"
+python3 -c "import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library('magic') else 1)" || missing=" libmagic1"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -69,8 +69,10 @@ def message_building() -> None:
     text = build_message("text", {"message": "Olá!"}, upload)
     assert text.conversation == "Olá!"
 
-    image = build_message("image", {"image": data_uri("image/png", PNG), "caption": "look", "viewOnce": True},
-                          upload).imageMessage
+    once = build_message("image", {"image": data_uri("image/png", PNG), "caption": "look", "viewOnce": True},
+                         upload)
+    assert not once.HasField("imageMessage")  # a view-once image is inside its wrapper
+    image = once.viewOnceMessage.message.imageMessage
     assert (image.mimetype, image.caption, image.viewOnce) == ("image/png", "look", True)
     assert (image.URL, image.directPath, image.fileLength) == ("https://mmg.whatsapp.net/MediaImage",
                                                                "/v/MediaImage", len(PNG))
@@ -188,6 +190,100 @@ def message_building() -> None:
         else:
             raise AssertionError(f"{message_type} {payload} should be refused")
     print("message building: every type checked")
+
+
+def message_fixes() -> None:
+    """tests/test_neonize_messages.py: generic download types, view-once wrappers, uploads refused
+    for size, animated stickers."""
+    import io
+
+    from PIL import Image
+
+    from workers.transports.neonize.media import Media
+
+    which = sys.argv[2]
+    upload = FakeUpload()
+
+    if which == "generic_type":
+        # S3 answers `binary/octet-stream`: the type WhatsApp is told comes from the bytes.
+        jpeg = io.BytesIO()
+        Image.new("RGB", (4, 3), "red").save(jpeg, format="JPEG")
+        for served, data, expected in (("binary/octet-stream", PNG, "image/png"),
+                                       ("application/octet-stream", PNG, "image/png"),
+                                       (None, jpeg.getvalue(), "image/jpeg"),
+                                       ("", PNG, "image/png"),
+                                       ("text/plain", PNG, "image/png"),  # not an image's type
+                                       ("image/png", PNG, "image/png")):
+            fetched = Media(data, served)
+            built = build_message("image", {"image": "https://s3.example.com/x"}, upload,
+                                  fetch=lambda _url, m=fetched: m).imageMessage
+            assert built.mimetype == expected, (served, built.mimetype)
+        pdf = Media(b"%PDF-1.4 tiny", "binary/octet-stream")
+        document = build_message("document", {"document": "https://s3.example.com/x"}, upload,
+                                 fetch=lambda _url: pdf).documentMessage
+        assert document.mimetype == "application/pdf", document.mimetype
+        print("generic type: the bytes decide")
+
+    elif which == "view_once":
+        once = build_message("image", {"image": data_uri("image/png", PNG), "caption": "c", "viewOnce": True}, upload)
+        assert once.HasField("viewOnceMessage") and not once.HasField("imageMessage"), once
+        inner = once.viewOnceMessage.message.imageMessage
+        assert (inner.viewOnce, inner.caption, inner.mimetype) == (True, "c", "image/png")
+        assert inner.URL == "https://mmg.whatsapp.net/MediaImage"
+        plain = build_message("image", {"image": data_uri("image/png", PNG)}, upload)
+        assert plain.HasField("imageMessage") and not plain.HasField("viewOnceMessage")
+        assert not plain.imageMessage.viewOnce
+        # A view-once reply: the quote is on the image inside the wrapper.
+        quoted = build_message("image", {"image": data_uri("image/png", PNG), "viewOnce": True,
+                                         "messageId": "3EB0Q"}, upload, to="5511999999999@s.whatsapp.net")
+        assert quoted.viewOnceMessage.message.imageMessage.contextInfo.stanzaID == "3EB0Q"
+        opus = lavfi("-i", "sine=duration=1", "-c:a", "libopus", "-f", "ogg")
+        voice = build_message("audio", {"audio": data_uri("audio/ogg", opus), "viewOnce": True}, upload)
+        assert voice.viewOnceMessage.message.audioMessage.viewOnce and voice.viewOnceMessage.message.audioMessage.PTT
+        mp4 = lavfi("-i", "testsrc=duration=1:size=64x48:rate=5", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-movflags", "frag_keyframe+empty_moov", "-f", "mp4")
+        clip = build_message("video", {"video": data_uri("video/mp4", mp4), "viewOnce": True}, upload)
+        assert clip.viewOnceMessage.message.videoMessage.viewOnce
+        print("view once: wrapped")
+
+    elif which == "upload_too_large":
+        def refused(data: bytes, kind: MediaType) -> UploadResponse:
+            raise Exception("upload failed with status code 413")  # whatsmeow's words (upload.go)
+
+        def broken(data: bytes, kind: MediaType) -> UploadResponse:
+            raise Exception("failed to execute request: connection reset")
+
+        for message_type, payload in (("image", {"image": data_uri("image/png", PNG)}),
+                                      ("document", {"document": data_uri("application/pdf", b"%PDF-1.4")}),
+                                      ("sticker", {"sticker": data_uri("image/png", PNG)})):
+            try:
+                build_message(message_type, payload, refused)
+            except PermanentSendError as error:
+                assert "refused the upload as too large" in str(error) and "413" in str(error), error
+            else:
+                raise AssertionError(f"{message_type}: a 413 upload must be a permanent error")
+        try:
+            build_message("image", {"image": data_uri("image/png", PNG)}, broken)
+        except PermanentSendError:
+            raise AssertionError("only a refusal for size is permanent") from None
+        except Exception as error:
+            assert "connection reset" in str(error)
+        print("upload too large: permanent")
+
+    elif which == "animated_sticker":
+        frames = [Image.new("RGBA", (64, 64), colour) for colour in ("red", "blue")]
+        animated = io.BytesIO()
+        frames[0].save(animated, format="WEBP", save_all=True, append_images=frames[1:], duration=100, loop=0)
+        moving = build_message("sticker", {"sticker": data_uri("image/webp", animated.getvalue())},
+                               upload).stickerMessage
+        assert moving.isAnimated, "an animated WebP is an animated sticker"
+        assert upload.calls[-1][0] == animated.getvalue()
+        still = io.BytesIO()
+        frames[0].save(still, format="WEBP")
+        for data in (PNG, still.getvalue()):
+            sticker = build_message("sticker", {"sticker": data_uri("image/png", data)}, upload).stickerMessage
+            assert not sticker.isAnimated
+        print("animated sticker: marked")
 
 
 def push(client: Any, event: Proto) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
     ContextInfo,
     DocumentMessage,
     ExtendedTextMessage,
+    FutureProofMessage,
     ImageMessage,
     LocationMessage,
     Message,
@@ -45,7 +47,7 @@ from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
 )
 from neonize.utils.enum import MediaType
 
-from workers.transports.base import PermanentSendError
+from workers.transports.base import PermanentSendError, TransportError
 from workers.transports.neonize import mediainfo
 from workers.transports.neonize.media import Media, fetch_media
 
@@ -79,22 +81,86 @@ def _required(payload: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _sniff(media: Media, kind: str, extension: str | None = None) -> str:
-    if media.mimetype and media.mimetype != "application/octet-stream":
-        return media.mimetype
-    if extension:
-        guessed = mimetypes.guess_type(f"file.{extension}")[0]
-        if guessed:
-            return guessed
+#: Content types that say nothing of what the bytes are (S3 answers `binary/octet-stream`).
+GENERIC_MIMETYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/binary",
+                               "application/unknown", "application/x-unknown", "unknown/unknown"})
+
+
+def _fits(mimetype: str, kind: str) -> bool:
+    """A type that says something, and something a `kind` message may be (any type for a document)."""
+    base = mimetype.split(";")[0].strip().lower()
+    return base not in GENERIC_MIMETYPES and (kind == "document" or base.startswith(f"{kind}/"))
+
+
+def _from_bytes(data: bytes, kind: str) -> str | None:
+    """The type the bytes are, by libmagic, else (an image) by Pillow; None if neither can tell."""
     try:
         import magic
 
-        sniffed = str(magic.from_buffer(media.data, mime=True))
-        if sniffed and sniffed != "application/octet-stream":
+        sniffed = str(magic.from_buffer(data, mime=True))
+        if _fits(sniffed, kind):
             return sniffed
     except Exception:
         pass
-    return DEFAULT_MIMETYPES[kind]
+    if kind == "image":
+        try:
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as opened:
+                return Image.MIME.get(opened.format or "")
+        except Exception:
+            pass
+    return None
+
+
+def _sniff(media: Media, kind: str, extension: str | None = None) -> str:
+    """The media's type as WhatsApp is to be told it: the server's (or data URI's) when it names
+    a type of this kind; else (none, a generic `application/octet-stream` or S3's
+    `binary/octet-stream`, or a type of another kind) a document's extension, then what the bytes
+    are; else the kind's default."""
+    if media.mimetype and _fits(media.mimetype, kind):
+        return media.mimetype
+    if extension:
+        guessed = mimetypes.guess_type(f"file.{extension}")[0]
+        if guessed and _fits(guessed, kind):
+            return guessed
+    return _from_bytes(media.data, kind) or DEFAULT_MIMETYPES[kind]
+
+
+#: whatsmeow's Upload: "upload failed with status code 413" (the media server's Payload Too
+#: Large); other clients' words for the same refusal.
+_TOO_LARGE = re.compile(r"status code 413\b|\b413 (request entity|payload) too large|file too large"
+                        r"|too large to upload", re.IGNORECASE)
+
+
+def _upload(build: Build, data: bytes, kind: MediaType) -> UploadResponse:
+    """`build.upload`, with a refusal for size a permanent error saying so: the same bytes are
+    refused again however often they are tried. Other failures pass on (transport.py maps them)."""
+    try:
+        return build.upload(data, kind)
+    except TransportError:
+        raise
+    except Exception as error:
+        if _TOO_LARGE.search(str(error)):
+            raise PermanentSendError(f"WhatsApp refused the upload as too large ({len(data)} bytes): "
+                                     f"{type(error).__name__}: {error}") from None
+        raise
+
+
+def _view_once(inner: Message, payload: dict[str, Any]) -> Message:
+    """Media to be seen once as WhatsApp sends it: the message (its `viewOnce` flag set) inside a
+    `viewOnceMessage` wrapper, as Baileys' generateWAMessageContent builds it."""
+    if not payload.get("viewOnce"):
+        return inner
+    return Message(viewOnceMessage=FutureProofMessage(message=inner))
+
+
+def _animated_webp(webp: bytes) -> bool:
+    """An animated WebP: the extended format (VP8X) with its animation flag."""
+    return (webp[:4] == b"RIFF" and webp[8:12] == b"WEBP" and webp[12:16] == b"VP8X" and len(webp) > 20
+            and bool(webp[20] & 0x02))
 
 
 def _uploaded(upload: UploadResponse) -> dict[str, Any]:
@@ -126,11 +192,21 @@ def reply_to(message: Message, message_id: str, chat: str) -> Message:
     if message.HasField("conversation"):
         message = Message(extendedTextMessage=ExtendedTextMessage(text=message.conversation))
     context = ContextInfo(stanzaID=message_id, participant=chat, quotedMessage=Message(conversation=""))
+    content = _content(message)
+    if content is None:
+        raise PermanentSendError("this message cannot be sent as a reply")
+    content.contextInfo.MergeFrom(context)
+    return message
+
+
+def _content(message: Message) -> Any:
+    """The part of the message that has a context info (inside a view-once wrapper, the media)."""
     for descriptor, content in message.ListFields():
+        if descriptor.message_type is FutureProofMessage.DESCRIPTOR:
+            return _content(content.message)
         if descriptor.message_type is not None and "contextInfo" in descriptor.message_type.fields_by_name:
-            content.contextInfo.MergeFrom(context)
-            return message
-    raise PermanentSendError("this message cannot be sent as a reply")
+            return content
+    return None
 
 
 def text(payload: dict[str, Any], build: Build) -> Message:
@@ -140,10 +216,10 @@ def text(payload: dict[str, Any], build: Build) -> Message:
 def image(payload: dict[str, Any], build: Build) -> Message:
     media = build.fetch(_required(payload, "image"))
     seen = mediainfo.picture(media.data)  # PermanentSendError if it is no image, or a bomb
-    return Message(imageMessage=ImageMessage(
+    return _view_once(Message(imageMessage=ImageMessage(
         caption=payload.get("caption"), mimetype=_sniff(media, "image"), viewOnce=bool(payload.get("viewOnce")),
         width=seen.width, height=seen.height, JPEGThumbnail=seen.thumbnail,
-        **_uploaded(build.upload(media.data, MediaType.MediaImage))))
+        **_uploaded(_upload(build, media.data, MediaType.MediaImage)))), payload)
 
 
 def audio(payload: dict[str, Any], build: Build) -> Message:
@@ -162,10 +238,10 @@ def audio(payload: dict[str, Any], build: Build) -> Message:
             else:
                 build.notes.append("not Opus and no ffmpeg to convert it: sent as an audio file, not a voice note")
     seconds = mediainfo.ogg_opus_seconds(data) if voice else mediainfo.seconds(data, "audio")
-    return Message(audioMessage=AudioMessage(
+    return _view_once(Message(audioMessage=AudioMessage(
         PTT=voice, mimetype=VOICE_MIMETYPE if voice else _sniff(media, "audio"),
         viewOnce=bool(payload.get("viewOnce")), **({"seconds": seconds} if seconds else {}),
-        **_uploaded(build.upload(data, MediaType.MediaAudio))))
+        **_uploaded(_upload(build, data, MediaType.MediaAudio)))), payload)
 
 
 def video(payload: dict[str, Any], build: Build) -> Message:
@@ -178,9 +254,9 @@ def video(payload: dict[str, Any], build: Build) -> Message:
     seen = mediainfo.picture(frame, "video frame") if frame else None
     if seen:
         extra.update(width=seen.width, height=seen.height, JPEGThumbnail=seen.thumbnail)
-    return Message(videoMessage=VideoMessage(
+    return _view_once(Message(videoMessage=VideoMessage(
         caption=payload.get("caption"), mimetype=_sniff(media, "video"), viewOnce=bool(payload.get("viewOnce")),
-        **extra, **_uploaded(build.upload(media.data, MediaType.MediaVideo))))
+        **extra, **_uploaded(_upload(build, media.data, MediaType.MediaVideo)))), payload)
 
 
 def document(payload: dict[str, Any], build: Build) -> Message:
@@ -193,7 +269,7 @@ def document(payload: dict[str, Any], build: Build) -> Message:
     return Message(documentMessage=DocumentMessage(
         mimetype=_sniff(media, "document", extension), fileName=file_name, title=file_name,
         caption=payload.get("caption"), **({"JPEGThumbnail": seen.thumbnail} if seen else {}),
-        **_uploaded(build.upload(media.data, MediaType.MediaDocument)),
+        **_uploaded(_upload(build, media.data, MediaType.MediaDocument)),
     ))
 
 
@@ -239,7 +315,7 @@ class _Uploader:
         self.build = build
 
     def upload(self, data: bytes) -> UploadResponse:
-        return self.build.upload(data, MediaType.MediaImage)
+        return _upload(self.build, data, MediaType.MediaImage)
 
 
 def button_list(payload: dict[str, Any], build: Build) -> Message:
@@ -283,8 +359,8 @@ def sticker(payload: dict[str, Any], build: Build) -> Message:
     media = build.fetch(_required(payload, "sticker"))
     webp = mediainfo.sticker_webp(media.data)  # PermanentSendError if it is no image, or a bomb
     return Message(stickerMessage=StickerMessage(
-        mimetype="image/webp", width=512, height=512, isAnimated=False,
-        **_uploaded(build.upload(webp, MediaType.MediaImage))))
+        mimetype="image/webp", width=512, height=512, isAnimated=_animated_webp(webp),
+        **_uploaded(_upload(build, webp, MediaType.MediaImage))))
 
 
 def poll(payload: dict[str, Any], build: Build) -> Message:

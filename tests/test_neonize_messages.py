@@ -1,0 +1,31 @@
+"""Message building fixes in the neonize transport (workers/transports/neonize/messages.py): the
+type sent for media a server calls generic, view-once wrappers, uploads refused for size, animated
+stickers. The builders load neonize's Go library, so each check runs in a subprocess
+(tests/whatsapp_checks.py `message_fixes`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.stack import ROOT
+
+
+def run_fix(name: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "tests.whatsapp_checks", "message_fixes", name], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("generic_type", "the bytes decide"),  # an S3 `binary/octet-stream` image is sent as image/png
+    ("view_once", "wrapped"),  # viewOnce media inside `viewOnceMessage`, the inner flag kept
+    ("upload_too_large", "permanent"),  # HTTP 413 from the upload: discarded with the reason
+    ("animated_sticker", "marked"),  # an animated WebP is `isAnimated`, a static one is not
+])
+def test_message_building_fix(name: str, said: str) -> None:
+    assert said in run_fix(name)

@@ -86,7 +86,9 @@ class Deliverer:
         except InstanceDisconnected as error:
             counters.SNOOZED.labels(claim.message_type).inc()
             delay = self.settings.message_queue_disconnect_retry_delay
-            reason = f"disconnected: {error}"
+            # Not only a lost connection waits: WhatsApp's reach-out time-lock, a held bot tag, an
+            # earlier call still out (workers/transports): the history says which, after "waiting".
+            reason = f"waiting: {error}"
             persist("the snooze", lambda: transitions.snooze(self.core, claim.zaap_id, self.worker_id, delay, reason),
                     ctx, time.monotonic() + RECORD_RETRY_SECONDS)
             logger.info("instance disconnected; head snoozed",

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
-import socket
 import threading
 import time
 from typing import Any
 
 import psutil
 from harness import Stack, create_instances, database, percentile, print_table, wait_until, workdir
+
+from tests.listeners import Listener
 
 
 class Good:
@@ -49,33 +50,17 @@ class Good:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def tarpit() -> tuple[socket.socket, str]:
-    """A receiver that accepts connections and never answers."""
-    server = socket.create_server(("127.0.0.1", 0), backlog=128)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.getsockname()[1]}/hook"
-
-
 def run(threads: int, args: argparse.Namespace) -> dict[str, Any]:
     with workdir() as work, database(work) as url:
         stack = Stack(url, work / "logs", {"WEBHOOK_THREADS": threads, "WEBHOOK_TIMEOUT": f"{args.timeout}s",
                                            "OUTBOUND_ALLOW": "127.0.0.1", "MESSAGE_QUEUE_WORKER_THREADS": 16})
         stack.start(workers=1)
-        pits = [tarpit() for _ in range(args.slow)]
+        pits = [Listener("never") for _ in range(args.slow)]
         try:
             good = Good()
             instances = create_instances(stack, args.instances + args.slow)
             for n, instance in enumerate(instances):
-                target = good.url if n < args.instances else pits[n - args.instances][1]
+                target = good.url if n < args.instances else f"http://127.0.0.1:{pits[n - args.instances].port}/hook"
                 answer = stack.http.put(f"{stack.base(instance)}/update-webhook-delivery", json={"value": target})
                 assert answer.status_code == 200, answer.text
             for instance in instances[args.instances:]:  # the slow ones first: they hold their posts
@@ -95,8 +80,8 @@ def run(threads: int, args: argparse.Namespace) -> dict[str, Any]:
                     "latency p99 (ms)": percentile(latencies, 99) * 1000, "worker RSS (MiB)": rss}
         finally:
             stack.stop()
-            for server, _ in pits:
-                server.close()
+            for pit in pits:
+                pit.close()
 
 
 def main() -> None:

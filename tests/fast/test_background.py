@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from uuid import uuid4
 import psycopg
 import pytest
 
+from tests.listeners import Listener
 from tests.stack import wait_until
 from workers.background import Background, Connection
 from workers.liveness import Heartbeat
@@ -47,26 +47,11 @@ class Recorder(Background):
 
 
 @pytest.fixture
-def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A TCP listener on 127.0.0.1 that accepts connections and never answers: a database host
-    that hangs. Yields its port and the connections it accepted."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return  # closed
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield server.getsockname()[1], accepted
-    server.close()
-    for conn in accepted:
-        conn.close()
+def silent_server() -> Iterator[Listener]:
+    """A database host that accepts connections and never answers."""
+    listener = Listener("never")
+    yield listener
+    listener.close()
 
 
 def refused_port() -> int:
@@ -113,11 +98,10 @@ HANGING: dict[str, Callable[[str], Background]] = {
 
 @pytest.mark.parametrize("kind", list(HANGING))
 def test_a_stop_while_connecting_to_a_silent_server_returns_at_once(
-        kind: str, silent_server: tuple[int, list[socket.socket]]) -> None:
-    port, accepted = silent_server
-    thread = HANGING[kind](f"postgresql://wmq@127.0.0.1:{port}/nowhere")
+        kind: str, silent_server: Listener) -> None:
+    thread = HANGING[kind](f"postgresql://wmq@127.0.0.1:{silent_server.port}/nowhere")
     thread.start()
-    wait_until(lambda: accepted, 5, "the thread to connect")  # an attempt the server never answers
+    wait_until(lambda: silent_server.connections, 5, "the thread to connect")  # an attempt the server never answers
     assert thread.is_alive()
     stopped_within(thread, 1.0)
     if isinstance(thread, Recorder):

@@ -161,9 +161,6 @@ BEGIN
     END IF;
     SELECT min(p.id) INTO v_head FROM webhook_deliveries p
      WHERE p.instance_id = p_instance AND p.delivered_at IS NULL AND p.given_up_at IS NULL;
-    UPDATE instance_webhooks w SET next_due_at = now() + make_interval(secs => p_hold_s)
-     WHERE w.instance_id = p_instance AND v_head IS NOT NULL
-       AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = v_head AND d.next_attempt_at <= now());
     RETURN QUERY
         UPDATE webhook_deliveries d
            SET attempts = d.attempts + 1, last_attempt_at = now(),
@@ -173,6 +170,10 @@ BEGIN
         RETURNING d.id, d.event, d.url, wmq_webhook_origin(d.url), d.body, d.attempts, d.created_at,
                   d.unfinished_attempts, v_settings.secret,
                   CASE WHEN v_settings.previous_secret_until > now() THEN v_settings.previous_secret END;
+    IF FOUND THEN  -- the head is held: the instance is due again when the hold ends
+        UPDATE instance_webhooks w SET next_due_at = now() + make_interval(secs => p_hold_s)
+         WHERE w.instance_id = p_instance;
+    END IF;
 END
 $$;
 
@@ -192,16 +193,14 @@ BEGIN
     -- delivery committed before the lock.
     SELECT d.instance_id INTO v_instance FROM webhook_deliveries d WHERE d.id = p_id;
     PERFORM 1 FROM instance_webhooks w WHERE w.instance_id = v_instance FOR UPDATE;
-    v_instance := NULL;
     UPDATE webhook_deliveries d
        SET last_status = p_status, last_error = p_error, posting_since = NULL,
            delivered_at = CASE WHEN p_delivered THEN now() END,
            given_up_at = CASE WHEN p_give_up AND NOT p_delivered THEN now() END,
            next_attempt_at = CASE WHEN p_delivered OR p_give_up THEN d.next_attempt_at
                                   ELSE now() + make_interval(secs => p_backoff_s) END
-     WHERE d.id = p_id AND d.attempts = p_attempt AND d.delivered_at IS NULL AND d.given_up_at IS NULL
-    RETURNING d.instance_id INTO v_instance;
-    IF v_instance IS NULL THEN
+     WHERE d.id = p_id AND d.attempts = p_attempt AND d.delivered_at IS NULL AND d.given_up_at IS NULL;
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE instance_webhooks w SET next_due_at = (

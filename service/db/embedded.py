@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ def start_embedded_postgres(data_dir: Path) -> Any:
 
     The server stops when the last process holding a handle exits.
     """
+    # platformdirs, which pgserver asks where to keep its socket, warns on every start where
+    # XDG_RUNTIME_DIR is unset (containers, ssh sessions): not a problem to print before the banner.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import pgserver
 
     pgdata = (data_dir / "pg").resolve()

@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from service.settings import Settings
 from workers.transports.base import (
+    ClaimLost,
     InstanceDisconnected,
     OutgoingMessage,
     PermanentSendError,
@@ -29,6 +30,7 @@ from workers.transports.base import (
 
 __all__ = [
     "TRANSPORTS",
+    "ClaimLost",
     "InstanceDisconnected",
     "OutgoingMessage",
     "PermanentSendError",

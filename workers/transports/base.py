@@ -8,12 +8,17 @@ the worker wires to the core.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
 Presence = Literal["composing", "recording", "paused"]
+
+
+def _unguarded() -> datetime | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,13 @@ class OutgoingMessage:
     phone: str
     message_type: str
     payload: dict[str, Any]
+    #: Called right before the irreversible write (the frame leaves, the simulator records it),
+    #: after any preparation (media fetched, uploaded, encrypted): raises `ClaimLost` when the
+    #: message is no longer this worker's (it stood still past the TTL and was rescued, its
+    #: session lease moved), and nothing may be written then. Returns the time, on the database's
+    #: clock, by which the write must have landed to still count as checked (a receiver that can
+    #: tell, the simulator, refuses it later), or None. Costs nothing on a fresh claim.
+    before_write: Callable[[], datetime | None] = _unguarded
 
 
 class TransportError(Exception):
@@ -39,6 +51,11 @@ class RetryableSendError(TransportError):
 
 class PermanentSendError(TransportError):
     """The send can never succeed (invalid number, unsupported content): discard."""
+
+
+class ClaimLost(TransportError):
+    """Raised by `OutgoingMessage.before_write`: the message is no longer this worker's to send.
+    Nothing was written; the delivery leaves the message to whoever holds it now."""
 
 
 class Transport(Protocol):
@@ -76,4 +93,14 @@ class SessionHost(Protocol):
 
 class UncertainSendError(TransportError):
     """The call did not answer in time: WhatsApp may or may not have the message. Retried or
-    discarded as `MESSAGE_QUEUE_RESEND_UNCERTAIN` says, like a send cut short by a crash."""
+    discarded as `MESSAGE_QUEUE_RESEND_UNCERTAIN` says, like a send cut short by a crash.
+
+    `late`: the call itself, still going on, when it may yet answer; its result is the WhatsApp
+    id. The message is then not sent again for `late_within` seconds (after which the call can
+    no longer return), and if the call answers with an id meanwhile, the message is completed
+    with it (workers/actors.py): a late success is recorded, never sent twice."""
+
+    def __init__(self, message: str, *, late: Future[str] | None = None, late_within: float = 0.0) -> None:
+        super().__init__(message)
+        self.late = late
+        self.late_within = late_within

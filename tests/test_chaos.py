@@ -4,7 +4,8 @@ heartbeat TTL, and a worker is SIGSTOPped past the TTL and resumed. Most instanc
 instances (the simulator as a session transport), owned by one worker at a time through leases.
 Every accepted message is sent, in order; nothing refused is stored; a message is sent twice
 only if it was in flight in a worker that was killed or stood still past the TTL (the documented
-resend), never because of an outage; no session instance ever had two owners at once. Seeded:
+resend), never because of an outage, and never after a later message of its instance; no session
+instance ever had two owners at once. Seeded:
 the seed is printed on failure (CHAOS_SEED=… reproduces a run)."""
 
 from __future__ import annotations
@@ -152,6 +153,11 @@ def test_nothing_lost_reordered_or_sent_twice_through_kills_outages_and_pauses(d
             repeated |= {z: n for z, n in counts.items() if n > 1}
             first_sends = list(dict.fromkeys(sent))
             assert first_sends == sender.accepted[instance["id"]], f"order or loss on {instance['id']} ({report})"
+            # In the order the contact sees them, every copy: never a message after a later one (a
+            # stale copy from the worker that stood still would come after; claim_guard.py).
+            order = {z: n for n, z in enumerate(first_sends)}
+            seen = [order[z] for z in sent]
+            assert seen == sorted(seen), f"a message after a later one on {instance['id']}: {seen} ({report})"
         report.append(f"sent twice: {sorted(repeated)} (allowed: {sorted(may_repeat)})")
         print("; ".join(report))
         assert set(repeated) <= may_repeat and all(n == 2 for n in repeated.values()), "; ".join(report)

@@ -19,14 +19,15 @@ def kill_worker_of(stack: Stack, zaap_id: str) -> None:
 
 
 def kill_during_first_send(stack: Stack, messages: int) -> tuple[dict[str, Any], list[str]]:
-    """Queue `messages` on a new instance, SIGKILL the worker in the middle of the first send,
-    and make later sends instant. Returns the instance and the zaap ids."""
+    """Queue `messages` on a new instance, SIGKILL the worker in the middle of the first send
+    (preparing it: its frame never left), and make later sends instant. Returns the instance and
+    the zaap ids."""
     instance = stack.create_instance()
-    stack.simulate(instance, latencyMs=3000)
+    stack.simulate(instance, prepareMs=3000)
     ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(messages)]
     stack.wait_status(ids[0], "sending")
     kill_worker_of(stack, ids[0])
-    stack.simulate(instance, latencyMs=0)
+    stack.simulate(instance, prepareMs=0)
     return instance, ids
 
 
@@ -48,6 +49,21 @@ def test_worker_killed_while_sending(make_stack: Any, resend: bool) -> None:
     rescue = [e for e in stack.history(ids[0]) if e["from_status"] == "sending" and e["to_status"] != "completed"]
     assert len(rescue) == 1 and rescue[0]["detail"].startswith("uncertain: worker")
     assert rescue[0]["to_status"] == ("retryable" if resend else "discarded")
+
+
+def test_worker_killed_waiting_for_the_answer_sends_again_after_the_first_copy(make_stack: Any) -> None:
+    """Killed after the frame left, while waiting for WhatsApp's answer: the documented resend.
+    The contact sees the message twice, one copy after the other, and then the rest in order."""
+    stack: Stack = make_stack()
+    instance = stack.create_instance()
+    stack.simulate(instance, latencyMs=3000)
+    ids = [stack.send_text(instance, f"m{n}")["zaapId"] for n in range(3)]
+    wait_until(lambda: stack.sends(instance), 30, "the first frame")
+    kill_worker_of(stack, ids[0])
+    stack.simulate(instance, latencyMs=0)
+    stack.start_worker()
+    stack.wait_completed(ids, timeout=60)
+    assert [s["zaap_id"] for s in stack.sends(instance)] == [ids[0], *ids]
 
 
 def test_worker_killed_while_typing_sends_exactly_once(stack: Stack) -> None:

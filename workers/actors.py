@@ -9,7 +9,9 @@ next.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from uuid import UUID
 
 import dramatiq
@@ -22,8 +24,10 @@ from service.core.routing import DELIVER_ACTOR, PRESENCE_ACTOR
 from workers import counters
 from workers.bookkeeping import persist
 from workers.broker import SETTLED
+from workers.claim_guard import ClaimGuard, guard_bound
 from workers.ordering import current_claim
 from workers.transports import (
+    ClaimLost,
     InstanceDisconnected,
     OutgoingMessage,
     PermanentSendError,
@@ -47,6 +51,7 @@ class Deliverer:
         self.transport = transport
         self.settings = core.settings
         self.worker_id = worker_id
+        self.guard_bound = guard_bound(core.settings)
 
     def __call__(self, zaap_id: str, phase: int) -> str | None:
         """Deliver the claimed message; SETTLED when its send was recorded (the core deleted its
@@ -82,6 +87,7 @@ class Deliverer:
                 whatsapp_id = self.transport.send(OutgoingMessage(
                     zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
                     message_type=claim.message_type, payload=claim.payload,
+                    before_write=ClaimGuard(self.core, claim, self.worker_id, self.guard_bound),
                 ))
         except InstanceDisconnected as error:
             counters.SNOOZED.labels(claim.message_type).inc()
@@ -94,14 +100,16 @@ class Deliverer:
             logger.info("instance disconnected; head snoozed",
                         extra={**ctx, "status": "scheduled", "retry_in_s": delay})
             return None
+        except ClaimLost:
+            # This worker stood still and the message went on without it (claim_guard.py): nothing
+            # was written, and there is nothing of it left to record here.
+            counters.FAILED.labels(claim.message_type, "not ours").inc()
+            return None
         except PermanentSendError as error:
             self._fail(claim, str(error), permanent=True)
             return None
         except UncertainSendError as error:
-            resend = self.settings.message_queue_resend_uncertain
-            detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
-            if self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend) == "retryable":
-                counters.RESENT.inc()
+            self._uncertain(claim, error)
             return None
         except Exception as error:
             self._fail(claim, f"{type(error).__name__}: {error}", permanent=False)
@@ -133,9 +141,43 @@ class Deliverer:
         logger.info("message sent", extra={**ctx, "status": "completed"})
         return SETTLED
 
-    def _fail(self, claim: Claimed, error: str, *, permanent: bool) -> str | None:
-        ctx = claim.log_context()
+    def _uncertain(self, claim: Claimed, error: UncertainSendError) -> None:
+        """The call did not answer in time. If it may still answer (`error.late`), the message is
+        not sent again before it no longer can, and an id it answers with meanwhile completes the
+        message: a late success is recorded once, never sent twice (issue 21)."""
+        resend = self.settings.message_queue_resend_uncertain
         backoff = transitions.backoff(self.core, claim.attempts)
+        if error.late is not None and error.late_within > 0:
+            backoff = max(backoff, error.late_within)
+            detail = (f"sending again unless it answers within {error.late_within:.0f}s" if resend
+                      else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false) unless it answers late")
+        else:
+            detail = "sending again" if resend else "not sent again (MESSAGE_QUEUE_RESEND_UNCERTAIN=false)"
+        if self._fail(claim, f"uncertain: {error}; {detail}", permanent=not resend, backoff=backoff) == "retryable":
+            counters.RESENT.inc()
+        if error.late is not None:
+            until = time.monotonic() + error.late_within
+            error.late.add_done_callback(lambda call: self._late_answer(claim, call, until))
+
+    def _late_answer(self, claim: Claimed, call: Future[str], until: float) -> None:
+        """The abandoned call returned (on its own thread): an id completes the message, if it came
+        before the resend could start; an error changes nothing (the retry comes as recorded)."""
+        ctx = claim.log_context()
+        if call.cancelled() or call.exception() is not None:
+            logger.info("the abandoned call failed late; the retry stands", extra={
+                **ctx, "error": str(call.exception()) if not call.cancelled() else "cancelled"})
+            return
+        if time.monotonic() > until:
+            logger.warning("the abandoned call answered after its bound: the message may have gone twice",
+                           extra={**ctx, "whatsapp_message_id": call.result()})
+            return
+        threading.Thread(target=self._complete, args=(claim, call.result()), daemon=True,
+                         name=f"late-{claim.zaap_id}").start()
+
+    def _fail(self, claim: Claimed, error: str, *, permanent: bool, backoff: float | None = None) -> str | None:
+        ctx = claim.log_context()
+        if backoff is None:
+            backoff = transitions.backoff(self.core, claim.attempts)
         status = persist("the failure", lambda: transitions.fail(
             self.core, claim.zaap_id, self.worker_id, error, permanent=permanent, backoff=backoff),
             ctx, time.monotonic() + RECORD_RETRY_SECONDS)

@@ -73,8 +73,12 @@ class Claimed:
     #: and how long since the message was accepted.
     late_s: float = field(compare=False)
     accepted_s: float = field(compare=False)
-    #: When this process got the claim (time.monotonic()), to time the rest of the send.
+    #: When this process asked for the claim (time.monotonic()), to time the rest of the send and
+    #: to tell a claim that may have outlived a pause (workers/claim_guard.py).
     claimed_at: float = field(default_factory=time.monotonic, compare=False)
+    #: The dispatch it was claimed under, and the database's clock at the claim.
+    dispatch_id: UUID | None = field(default=None, compare=False)
+    claimed_db_at: datetime | None = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Claimed:

@@ -73,12 +73,14 @@ PENDING_PAYLOAD_BYTES = "SELECT wmq_pending_payload_bytes(%(instance_id)s, %(key
 # claim is against it and how long since the message was accepted; read beside the function, so
 # its signature stays what workers of the previous release expect during a rolling upgrade.
 CLAIM = """
-    SELECT c.*, m.scheduled_at,
+    SELECT c.*, m.scheduled_at, m.dispatch_id, clock_timestamp() AS claimed_db_at,
            extract(epoch FROM clock_timestamp() - m.scheduled_at)::float8 AS late_s,
            extract(epoch FROM clock_timestamp() - m.enqueued_at)::float8 AS accepted_s
       FROM wmq_claim(%(zaap_id)s, %(dispatch_id)s, %(worker_id)s) c
       JOIN messages m ON m.zaap_id = c.zaap_id
 """
+
+CLAIM_HOLDS = "SELECT wmq_claim_holds(%(zaap_id)s, %(worker_id)s, %(dispatch_id)s) AS checked_at"
 
 START_TYPING = "SELECT wmq_start_typing(%(zaap_id)s, %(worker_id)s, %(queue)s, %(actor)s) AS ok"
 

@@ -4,6 +4,8 @@ worker's: a transition never touches a message another worker or the rescuer has
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from uuid import UUID
 
 from service.core import queries
@@ -15,8 +17,16 @@ def claim(core: Core, zaap_id: str, dispatch_id: UUID, worker_id: UUID) -> Claim
     """The message, now this worker's, with the phase the claim granted (`busy`: in flight with
     another worker under this dispatch); None if this broker message is not the message's live
     dispatch (stale: skip it). Asking again for a dispatch this worker holds returns its grant."""
+    asked_at = time.monotonic()  # before the statement: a guard's bound counts from here
     row = core.one(queries.CLAIM, zaap_id=zaap_id, dispatch_id=dispatch_id, worker_id=worker_id)
-    return None if row is None else Claimed.from_row(row)
+    return None if row is None else Claimed.from_row({**row, "claimed_at": asked_at})
+
+
+def claim_holds(core: Core, zaap_id: str, worker_id: UUID, dispatch_id: UUID) -> datetime | None:
+    """Whether the send claim still holds (sql `wmq_claim_holds`): the database's clock if so
+    (this worker's heartbeat written with it), None when the message is no longer ours."""
+    row = core.one(queries.CLAIM_HOLDS, zaap_id=zaap_id, worker_id=worker_id, dispatch_id=dispatch_id)
+    return row["checked_at"] if row else None
 
 
 def start_typing(core: Core, zaap_id: str, worker_id: UUID) -> bool:

@@ -74,7 +74,7 @@ def test_the_completion_of_a_worker_taken_for_dead_is_accepted_and_withdraws_the
     row = message(core, zaap)
     assert (row["status"], row["whatsapp_message_id"]) == ("completed", "WA-1")
     assert broker_row(core, rescue_dispatch) is None  # the resend is withdrawn
-    assert "its rescue is withdrawn" in (events(core, zaap)[-1][2] or "")
+    assert "its retry is withdrawn" in (events(core, zaap)[-1][2] or "")
     assert live_broker_row(core, second) is not None  # and the next one goes
 
 

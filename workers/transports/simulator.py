@@ -7,7 +7,9 @@ process can steer what the worker processes see.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,22 +26,31 @@ from workers.transports.base import (
     PermanentSendError,
     Presence,
     RetryableSendError,
+    UncertainSendError,
 )
 
+#: How long after its latency a late answer still counts as on time (the timer's own delay).
+LATE_MARGIN = 1.0
+
 STATE = """
-    SELECT connected, latency_ms FROM simulator_instances WHERE instance_id = %(id)s
+    SELECT connected, latency_ms, prepare_ms FROM simulator_instances WHERE instance_id = %(id)s
 """
 
-# Takes one injected failure, if any, reads the state, and when the send is instant (connected,
-# no failure, no latency: the common case) records it too: one statement per send, like one
-# network call, rather than a read and a write.
-SEND = """
+#: Recorded only if the frame lands by the guard's deadline (`OutgoingMessage.before_write`), as
+#: a receiver that knew the sender's fence would: a frozen worker's frame arrives too late.
+IN_TIME = "(%(not_after)s::timestamptz IS NULL OR clock_timestamp() <= %(not_after)s::timestamptz)"
+
+# Takes one injected failure, if any, reads the state, and when the frame can leave at once
+# (connected, no failure, nothing to prepare: the common case) records it too: one statement per
+# send, like one network call, rather than a read and a write.
+SEND = f"""
     WITH taken AS (
         UPDATE simulator_instances SET fail_next = fail_next - 1
          WHERE instance_id = %(id)s AND fail_next > 0 AND connected
         RETURNING true AS fail
     ), state AS (
         SELECT COALESCE(s.connected, true) AS connected, COALESCE(s.latency_ms, 0) AS latency_ms,
+               COALESCE(s.prepare_ms, 0) AS prepare_ms,
                COALESCE(s.fail_mode, 'retryable') AS fail_mode, EXISTS (SELECT 1 FROM taken) AS fail
           FROM (SELECT 1) AS one LEFT JOIN simulator_instances s ON s.instance_id = %(id)s
     ), sent AS (
@@ -47,10 +58,19 @@ SEND = """
             (instance_id, kind, phone, zaap_id, payload, whatsapp_message_id, started_at, ended_at)
         SELECT %(id)s, 'send', %(phone)s, %(zaap_id)s, %(payload)s, %(whatsapp_id)s,
                clock_timestamp(), clock_timestamp()
-          FROM state WHERE connected AND latency_ms = 0 AND NOT fail
+          FROM state WHERE connected AND prepare_ms = 0 AND NOT fail AND {IN_TIME}
         RETURNING 1
     )
     SELECT state.*, EXISTS (SELECT 1 FROM sent) AS sent FROM state
+"""
+
+#: The frame of a send that was prepared first (or came too late the first time).
+FRAME = f"""
+    INSERT INTO simulator_events
+        (instance_id, kind, phone, zaap_id, payload, whatsapp_message_id, started_at, ended_at)
+    SELECT %(id)s, 'send', %(phone)s, %(zaap_id)s, %(payload)s, %(whatsapp_id)s,
+           clock_timestamp(), clock_timestamp()
+     WHERE {IN_TIME}
 """
 
 RECORD = """
@@ -62,15 +82,16 @@ RECORD = """
 """
 
 CONFIGURE = """
-    INSERT INTO simulator_instances AS s (instance_id, connected, fail_next, fail_mode, latency_ms)
+    INSERT INTO simulator_instances AS s (instance_id, connected, fail_next, fail_mode, latency_ms, prepare_ms)
     VALUES (%(id)s, COALESCE(%(connected)s, true), COALESCE(%(fail_next)s, 0),
-            COALESCE(%(fail_mode)s, 'retryable'), COALESCE(%(latency_ms)s, 0))
+            COALESCE(%(fail_mode)s, 'retryable'), COALESCE(%(latency_ms)s, 0), COALESCE(%(prepare_ms)s, 0))
     ON CONFLICT (instance_id) DO UPDATE SET
         connected = COALESCE(%(connected)s, s.connected),
         fail_next = COALESCE(%(fail_next)s, s.fail_next),
         fail_mode = COALESCE(%(fail_mode)s, s.fail_mode),
-        latency_ms = COALESCE(%(latency_ms)s, s.latency_ms)
-    RETURNING connected, fail_next, fail_mode, latency_ms
+        latency_ms = COALESCE(%(latency_ms)s, s.latency_ms),
+        prepare_ms = COALESCE(%(prepare_ms)s, s.prepare_ms)
+    RETURNING connected, fail_next, fail_mode, latency_ms, prepare_ms
 """
 
 PURGE = "DELETE FROM simulator_events WHERE ended_at < now() - make_interval(secs => %(retention_s)s)"
@@ -81,7 +102,7 @@ EVENTS = """
       FROM simulator_events WHERE instance_id = %(id)s ORDER BY id
 """
 
-_DEFAULT_STATE = {"connected": True, "latency_ms": 0, "fail": False, "fail_mode": "retryable"}
+_DEFAULT_STATE = {"connected": True, "latency_ms": 0, "prepare_ms": 0, "fail": False, "fail_mode": "retryable"}
 
 
 def _now() -> datetime:
@@ -110,30 +131,55 @@ class SimulatorTransport:
         )
 
     def send(self, message: OutgoingMessage) -> str:
+        """As WhatsApp's call goes: preparation (`prepare_ms`), the claim checked
+        (`before_write`), the frame recorded, then the wait for the server's answer (`latency_ms`).
+        A refusal (`fail_next`) records nothing: nothing reached the contact."""
         whatsapp_id = "SIM" + uuid4().hex[:20].upper()
-        started_at = _now()
-        knobs = fetch_one(self.pool, SEND, {
-            "id": message.instance_id, "phone": message.phone, "zaap_id": message.zaap_id,
-            "payload": Jsonb(message.payload), "whatsapp_id": whatsapp_id})
+        frame = {"id": message.instance_id, "phone": message.phone, "zaap_id": message.zaap_id,
+                 "payload": Jsonb(message.payload), "whatsapp_id": whatsapp_id}
+        knobs = fetch_one(self.pool, SEND, {**frame, "not_after": message.before_write()})
         assert knobs is not None
-        if knobs["sent"]:
-            return whatsapp_id
         if not knobs["connected"]:
             raise InstanceDisconnected("simulated instance is disconnected")
+        if not knobs["sent"] and not knobs["fail"]:
+            time.sleep(knobs["prepare_ms"] / 1000)
+            self._frame(message, frame)
+        return self._answer(knobs, whatsapp_id)
+
+    def _frame(self, message: OutgoingMessage, frame: dict[str, Any]) -> None:
+        """Record the frame by the guard's deadline, checking the claim again if it came too late."""
+        while True:
+            with self.pool.connection() as conn:
+                if conn.execute(FRAME, {**frame, "not_after": message.before_write()}).rowcount:
+                    return
+
+    def _answer(self, knobs: dict[str, Any], whatsapp_id: str) -> str:
+        """The server's answer after `latency_ms`; past the job timeout, the call is abandoned and
+        answers later (a refusal too: nothing was recorded then)."""
         latency = knobs["latency_ms"] / 1000
         if latency > self.timeout:
             time.sleep(self.timeout)
-            raise RetryableSendError(f"simulated send timed out after {self.timeout:g}s")
+            late: Future[str] = Future()
+            late.set_running_or_notify_cancel()
+            answer = threading.Timer(latency - self.timeout, self._settle, args=(late, knobs, whatsapp_id))
+            answer.daemon = True
+            answer.start()
+            raise UncertainSendError(f"simulated send did not answer within {self.timeout:g}s",
+                                     late=late, late_within=latency - self.timeout + LATE_MARGIN)
         time.sleep(latency)
+        return self._settle(None, knobs, whatsapp_id)
+
+    @staticmethod
+    def _settle(late: Future[str] | None, knobs: dict[str, Any], whatsapp_id: str) -> str:
+        error: Exception | None = None
         if knobs["fail"] and knobs["fail_mode"] == "permanent":
-            raise PermanentSendError("simulated permanent failure: the number is not on WhatsApp")
-        if knobs["fail"]:
-            raise RetryableSendError("simulated send failure")
-        self._record(
-            id=message.instance_id, kind="send", phone=message.phone, presence=None,
-            zaap_id=message.zaap_id, payload=Jsonb(message.payload), whatsapp_id=whatsapp_id,
-            started_at=started_at, ended_at=_now(),
-        )
+            error = PermanentSendError("simulated permanent failure: the number is not on WhatsApp")
+        elif knobs["fail"]:
+            error = RetryableSendError("simulated send failure")
+        if late is not None:
+            late.set_exception(error) if error else late.set_result(whatsapp_id)
+        elif error:
+            raise error
         return whatsapp_id
 
     def close(self) -> None:
@@ -150,10 +196,11 @@ class SimulatorControl:
         self.pool = pool
 
     def configure(self, instance_id: UUID, *, connected: bool | None = None, fail_next: int | None = None,
-                  fail_mode: str | None = None, latency_ms: int | None = None) -> dict[str, Any]:
+                  fail_mode: str | None = None, latency_ms: int | None = None,
+                  prepare_ms: int | None = None) -> dict[str, Any]:
         """Set any of the simulated instance's knobs; returns the resulting state."""
         params = {"id": instance_id, "connected": connected, "fail_next": fail_next, "fail_mode": fail_mode,
-                  "latency_ms": latency_ms}
+                  "latency_ms": latency_ms, "prepare_ms": prepare_ms}
         row = fetch_one(self.pool, CONFIGURE, params)
         assert row is not None
         return row

@@ -33,7 +33,8 @@ async def simulator_configure(request: Request) -> Response:
         if data["failMode"] not in ("retryable", "permanent"):
             raise ValidationError("failMode", "failMode must be 'retryable' or 'permanent'")
         knobs["fail_mode"] = data["failMode"]
-    for field, name, maximum in (("failNext", "fail_next", 1_000_000), ("latencyMs", "latency_ms", 600_000)):
+    for field, name, maximum in (("failNext", "fail_next", 1_000_000), ("latencyMs", "latency_ms", 600_000),
+                                 ("prepareMs", "prepare_ms", 600_000)):
         if field in data:
             value = data[field]
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
@@ -41,7 +42,8 @@ async def simulator_configure(request: Request) -> Response:
             knobs[name] = value
     state = await switch(request, simulator(request), instance_id, **knobs)
     return JSONResponse({"connected": state["connected"], "failNext": state["fail_next"],
-                         "failMode": state["fail_mode"], "latencyMs": state["latency_ms"]})
+                         "failMode": state["fail_mode"], "latencyMs": state["latency_ms"],
+                         "prepareMs": state["prepare_ms"]})
 
 
 async def simulator_events(request: Request) -> Response:

@@ -65,6 +65,28 @@ BEGIN
 END
 $$;
 
+-- Right before the irreversible write (workers/claim_guard.py), for a claim old enough that its
+-- worker may have stood still past the TTL: does the claim still hold (still `sending`, by this
+-- worker, under this dispatch, and for a session instance under the lease's fence)? When it
+-- does, the worker's heartbeat is written under the instance lock, so neither the rescuer nor a
+-- lease takeover (both re-check liveness under that lock) can take the message for another TTL:
+-- a write that lands within the guard's bound is the only copy. Returns the database's clock, by
+-- which the guard bounds the write, or NULL: not this worker's any more, write nothing.
+CREATE FUNCTION wmq_claim_holds(p_zaap text, p_worker uuid, p_dispatch uuid) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wmq_lock_instance((SELECT instance_id FROM messages WHERE zaap_id = p_zaap));
+    PERFORM 1 FROM messages m
+     WHERE m.zaap_id = p_zaap AND m.status = 'sending' AND m.worker_id = p_worker
+       AND m.dispatch_id = p_dispatch AND wmq_lease_ok(m.instance_id, p_worker, m.fence);
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE dramatiq.worker SET heartbeat_at = now() WHERE worker_id = p_worker;
+    RETURN clock_timestamp();
+END
+$$;
+
 -- Phase 1 done: the presence is shown; release the thread and come back after delayTyping
 -- (the phase-2 dispatch is due then: no thread waits).
 CREATE FUNCTION wmq_start_typing(p_zaap text, p_worker uuid, p_queue text, p_actor text)
@@ -115,7 +137,7 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM wmq_set_detail('whatsapp id ' || p_whatsapp_id || CASE WHEN v_status = 'sending' THEN ''
-        ELSE '; the worker was alive after all: its rescue is withdrawn' END);
+        ELSE '; the send answered after all: its retry is withdrawn' END);
     UPDATE messages
        SET status = 'completed', whatsapp_message_id = p_whatsapp_id,
            sent_at = now(), finished_at = now()

@@ -27,7 +27,7 @@ from workers.transports.neonize.errors import REACH_OUT_TIME_LOCK, REFUSALS, map
 from workers.transports.neonize.media import fetch_media
 from workers.transports.neonize.numbers import brazil_variants
 from workers.transports.neonize.registry import RegistryLock
-from workers.transports.neonize.store import StoreError, check_schema, store_url
+from workers.transports.neonize.store import StoreError, check_schema, store_connection_count, store_url
 
 #: The modules that load neonize's Go library on import: the worker imports them only once a
 #: `neonize` instance exists, and the tests only in subprocesses.
@@ -262,7 +262,7 @@ def test_a_leftover_version_table_in_another_schema_is_named_at_start(database_u
 def test_the_go_registry_lock_keeps_reads_off_a_connect_and_never_waits_on_a_hung_call() -> None:
     """neonize's Go maps crash the process on a read during a write (registry.py): reads share,
     a connect's writes and a stop exclude them, and a call hung in Go holds nothing past its lease."""
-    lock = RegistryLock(lease=0.2, grace=0.5, wait=1.0)
+    lock = RegistryLock(lease=0.2, wait=1.0)
     inside: list[str] = []
     both_in = threading.Barrier(2, timeout=5)
 
@@ -288,27 +288,25 @@ def test_the_go_registry_lock_keeps_reads_off_a_connect_and_never_waits_on_a_hun
     assert time.monotonic() - started < 2
     hung.set()
 
-    # A connect's gate holds reads off until its client's first event (or the grace).
-    gate = lock.connect_gate()
+    # A connect's writes hold reads off until its dial reaches the gate (no grace: however long).
+    connecting = lock.connecting()
     waited: list[float] = []
     started = time.monotonic()
     reading = threading.Thread(target=lambda: waited.append(lock.read(time.monotonic)))
     reading.start()
     time.sleep(0.1)
     assert not waited, "a read went through during a connect's writes"
-    gate.release()
+    connecting.dialed()
     reading.join(5)
     assert waited and waited[0] - started >= 0.1 and lock.stats["reads_waited"] >= 1
-    # Released by the grace alone, and a second release changes nothing.
-    gate = lock.connect_gate()
-    assert lock.read(lambda: "after the grace") == "after the grace"
-    gate.release()
+    connecting.alive()
+    connecting.returned()  # a second end changes nothing
     assert lock.read(lambda: "still fine") == "still fine"
 
-    # A read that cannot get in within its wait sends nothing and says why.
-    slow = RegistryLock(lease=0.2, grace=5, wait=0.2)
-    slow.connect_gate()
-    with pytest.raises(RetryableSendError, match="nothing was sent"):
+    # A read that cannot get in within its wait sends nothing and waits without an attempt.
+    slow = RegistryLock(lease=0.2, wait=0.2)
+    slow.connecting()
+    with pytest.raises(InstanceDisconnected, match="nothing was sent, the message waits"):
         slow.read(lambda: "never")
 
 
@@ -325,3 +323,17 @@ def test_the_go_registry_lock_keeps_reads_off_a_connect_and_never_waits_on_a_hun
 )
 def test_brazilian_mobiles_have_a_form_with_and_without_the_ninth_digit(phone: str, variants: list[str]) -> None:
     assert brazil_variants(phone) == variants
+
+
+def test_a_workers_store_connections_are_counted_by_their_clients_keys(database_url: str) -> None:
+    """neonize opens a store pool per connect (about 2 connections per live client): the manager
+    counts those of its own clients by their application_name (README's connection sizing)."""
+    mine = [psycopg.connect(database_url, application_name=f"wmq-store:i/{n}") for n in (1, 1, 2)]
+    other = psycopg.connect(database_url, application_name="wmq-store:j/1")
+    try:
+        assert store_connection_count(database_url, ["i/1", "i/2"]) == 3
+        assert store_connection_count(database_url, ["i/1"]) == 2
+        assert store_connection_count(database_url, ["k/1"]) == 0
+    finally:
+        for conn in [*mine, other]:
+            conn.close()

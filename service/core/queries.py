@@ -80,6 +80,10 @@ CLAIM = """
       JOIN messages m ON m.zaap_id = c.zaap_id
 """
 
+LEASE_FENCE = """
+    SELECT fence FROM session_leases WHERE instance_id = %(instance_id)s AND worker_id = %(worker_id)s
+"""
+
 CLAIM_HOLDS = "SELECT wmq_claim_holds(%(zaap_id)s, %(worker_id)s, %(dispatch_id)s) AS checked_at"
 
 START_TYPING = "SELECT wmq_start_typing(%(zaap_id)s, %(worker_id)s, %(queue)s, %(actor)s) AS ok"

@@ -64,6 +64,12 @@ class SessionHost:
         rows = self.core.all(queries.SESSION_INSTANCES, transport=transport, worker_id=self.worker_id)
         return {r["id"]: r["whatsapp_jid"] for r in rows}
 
+    def lease_fence(self, instance_id: UUID) -> int | None:
+        """The fence of the instance's lease while this worker holds it, else None: a session
+        compares it with the fence it started under before every connect."""
+        row = self.core.one(queries.LEASE_FENCE, instance_id=instance_id, worker_id=self.worker_id)
+        return None if row is None else int(row["fence"])
+
     def record(self, instance_id: UUID, state: str, detail: str | None, **extra: Any) -> None:
         """A session's state change: the QR code or WhatsApp id it brought, and the connection
         state (on `connected` a waiting head goes at once)."""

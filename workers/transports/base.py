@@ -81,6 +81,10 @@ class SessionHost(Protocol):
         """The instances of `transport` whose session this worker owns, with their WhatsApp ids."""
         ...
 
+    def lease_fence(self, instance_id: UUID) -> int | None:
+        """The fence of the instance's lease while this worker holds it, else None."""
+        ...
+
     def record(self, instance_id: UUID, state: str, detail: str | None, **extra: Any) -> None: ...
 
     def receipt(self, instance_id: UUID, message_ids: list[str], kind: str, at: datetime) -> int:

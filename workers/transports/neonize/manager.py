@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -20,7 +21,7 @@ from service.settings import Settings
 from workers.background import Background, Connection
 from workers.transports.base import SessionHost
 from workers.transports.neonize import IMPORT_LOCK, bottag
-from workers.transports.neonize.store import Store, StoreError, init_store
+from workers.transports.neonize.store import Store, StoreError, init_store, store_connection_count
 
 if TYPE_CHECKING:
     from workers.transports.neonize.sessions import Session
@@ -99,6 +100,8 @@ class SessionManager(Background):
         rows = self.host.instances(self.transport)
         for instance_id in set(self.sessions) - set(rows):
             self.sessions.pop(instance_id).stop()
+        for instance_id in [i for i, s in self.sessions.items() if s.ended]:
+            self.sessions.pop(instance_id)  # its lease moved; a new session if it comes back
         if not rows or (self._store is None and not self._open_store(rows)):
             return  # the Go library is loaded only once an instance needs it
         from workers.transports.neonize.sessions import Session  # loaded by _open_store, under its lock
@@ -106,7 +109,11 @@ class SessionManager(Background):
         assert self._store is not None
         for instance_id, jid in rows.items():
             if instance_id not in self.sessions:
-                session = Session(instance_id, self._store, jid, self._record,
+                fence = self.host.lease_fence(instance_id)
+                if fence is None:
+                    continue  # the lease moved since `instances`
+                session = Session(instance_id, self._store, jid, self._record, may_connect=self._lease_check(
+                                      instance_id, fence),
                                   proxy=self.settings.whatsapp_proxy,
                                   max_backoff=self.settings.whatsapp_reconnect_max_backoff,
                                   pairing_deadline=self.settings.whatsapp_pairing_timeout,
@@ -114,6 +121,17 @@ class SessionManager(Background):
                                   announce_available=self.settings.whatsapp_announce_available)
                 self.sessions[instance_id] = session
                 session.start()
+
+    def _lease_check(self, instance_id: UUID, fence: int) -> Callable[[], bool]:
+        """Asked by the session before each connect: this worker still holds the instance's lease,
+        with the fence its session started under (another worker took it over meanwhile if not)."""
+        return lambda: self.owner and self.host.lease_fence(instance_id) == fence
+
+    def store_connections(self) -> int:
+        """The session store's connections this worker's live clients hold (neonize opens a pool
+        per connect: about 2 each), counted in pg_stat_activity by their application_name."""
+        keys = [s.client.uuid.decode() for s in list(self.sessions.values()) if s.client is not None]
+        return store_connection_count(self.database_url, keys) if keys else 0
 
     def _open_store(self, rows: dict[UUID, str | None]) -> bool:
         """Load the Go library and create the store's tables; a store that cannot be used is every
@@ -131,6 +149,9 @@ class SessionManager(Background):
                 self._record(instance_id, "store_error", str(error), {})
             return False
         self._store, self._store_error = Store(self.database_url, schema), None
+        from workers.transports.neonize.gate import GATE
+
+        GATE.proxy = self.settings.whatsapp_proxy  # the gate dials WhatsApp through it
         bottag.refusal()  # says now, in the log, if this worker's one-to-one messages will wait
         return True
 

@@ -9,7 +9,13 @@ session connects with it here.
 that accepts and never answers), so it never runs on a message thread. Connection events
 become the instance's state in PostgreSQL through the `Listener`; a dead session thread leaves
 the instance `disconnected`, never `connected`. Every call into the Go library goes through
-`REGISTRY` (registry.py).
+`REGISTRY` (registry.py), and every dial through this process's gate (gate.py).
+
+Only the session's own loop connects: whatsmeow's automatic reconnects are refused at the gate,
+and before each connect the loop asks `may_connect` whether this worker still holds the
+instance's lease with the fence it started under; when it does not, the session ends (a worker
+that stood still past its lease must not take the connection back from the new owner). A
+session `replaced` while it holds the lease takes the connection back after a backoff.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from neonize._binder import ProxySettings
 from neonize.client import NewClient
 from neonize.events import (
     ClientOutdatedEv,
@@ -42,8 +49,9 @@ from neonize.utils import build_jid
 from neonize.utils.enum import Presence
 
 from workers.transports.neonize.errors import map_error
+from workers.transports.neonize.gate import GATE, GateRefused
 from workers.transports.neonize.pairing import PairingAttempt
-from workers.transports.neonize.registry import REGISTRY, Hold, client_key, new_client, stop_client
+from workers.transports.neonize.registry import CONNECTS, REGISTRY, Connecting, client_key, new_client, stop_client
 from workers.transports.neonize.store import Store
 
 logger = logging.getLogger("wmq.whatsapp")
@@ -62,6 +70,20 @@ TERMINAL = ("logged_out", "replaced", "banned", "outdated")
 UNPAIRED_DETAIL = "no WhatsApp account linked: request a QR code or a phone code to pair"
 #: Keepalive failures in a row after which the connection is dropped and made anew.
 KEEPALIVE_LIMIT = 3
+#: Refusals WhatsApp gives for a passing trouble of its own: the usual backoff.
+PASSING_FAILURES = ("INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE")
+#: Any other refusal we have no answer for: a first wait, doubled at each refusal in a row, to a cap.
+UNKNOWN_FAILURE_FIRST = 60.0
+UNKNOWN_FAILURE_CAP = 3600.0
+#: After `replaced` while this worker holds the lease: a first wait before taking the connection
+#: back, doubled at each replacement in a row, to a cap.
+REPLACED_FIRST = 10.0
+REPLACED_CAP = 600.0
+LEASE_LOST_DETAIL = "this worker no longer holds the session's lease: another worker holds the session"
+
+#: Whether this worker still holds the instance's lease, with the fence its session started under.
+LeaseCheck = Callable[[], bool]
+ClientFactory = Callable[[str, str, "JID | None"], Any]
 
 
 class PairingRefused(Exception):
@@ -103,7 +125,8 @@ class Session:
     def __init__(self, instance_id: UUID, store: Store, jid: str | None, listener: Listener, *,
                  proxy: str | None = None, max_backoff: float = 60.0,
                  pairing_deadline: float = 170.0, pairing_command: list[str] | None = None,
-                 on_receipt: ReceiptListener | None = None, announce_available: bool = True) -> None:
+                 on_receipt: ReceiptListener | None = None, announce_available: bool = True,
+                 may_connect: LeaseCheck | None = None, client_factory: ClientFactory = new_client) -> None:
         self.instance_id = instance_id
         self.store = store
         self.jid = jid
@@ -114,13 +137,19 @@ class Session:
         self.pairing_command = pairing_command
         self.on_receipt = on_receipt or (lambda *args: None)
         self.announce_available = announce_available
+        self.may_connect = may_connect or (lambda: True)
+        self.client_factory = client_factory
+        #: The session ended itself (its lease moved): the manager makes a new one if it gets it back.
+        self.ended = False
+        self._unknown_failures = 0
+        self._replacements = 0
+        self._retry_after: float | None = None
         self.generation = 0
         self._was_connected = False
         self.state = "disconnected"
         self.detail: str | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._gate: Hold | None = None
         self._banned_until = 0.0
         # Pairing: the attempt under way (a child process) and what it reported.
         self._pair_lock = threading.Lock()
@@ -149,7 +178,7 @@ class Session:
             return None
         self.generation += 1
         key = client_key(self.instance_id, self.generation)
-        client = new_client(self.store.url(key), key, parse_jid(self.jid))
+        client = self.client_factory(self.store.url(key), key, parse_jid(self.jid))
         event = client.event
         for kind, handler in (
             (ConnectedEv, self._on_connected),
@@ -164,15 +193,13 @@ class Session:
             (KeepAliveRestoredEv, self._on_keepalive_restored),
             (ReceiptEv, self._on_receipt),
         ):
-            event(kind)(self._first_sign_of_life(handler))
+            event(kind)(self._current_only(handler))
         return client
 
-    def _first_sign_of_life(self, handler: Callable[[NewClient, Any], None]) -> Callable[[NewClient, Any], None]:
-        """Go delivers events only after its registry writes: the first one opens the gate."""
+    def _current_only(self, handler: Callable[[NewClient, Any], None]) -> Callable[[NewClient, Any], None]:
+        """Events of a client the session has replaced change nothing (a late `Connected` stops it)."""
         @functools.wraps(handler)
         def wrapped(client: NewClient, event: Any) -> None:
-            if self._gate is not None:
-                self._gate.release()
             if client is not self.client:  # a replaced client: it must not move this session
                 if isinstance(event, ConnectedEv):
                     threading.Thread(target=stop_client, args=(client,), daemon=True).start()
@@ -203,6 +230,7 @@ class Session:
         if self._stopping.is_set():
             threading.Thread(target=stop_client, args=(client,), daemon=True).start()
             return
+        self._unknown_failures = self._replacements = 0
         self._set("connected")
         if self.announce_available:
             threading.Thread(target=self._announce, args=(client,), daemon=True).start()
@@ -237,6 +265,7 @@ class Session:
         self._drop_connection()
 
     def _on_replaced(self, client: NewClient, event: StreamReplacedEv) -> None:
+        """Terminal, unless this worker holds the lease (the loop asks): then it takes it back."""
         self._set("replaced", "the session was opened elsewhere; restart to take it back")
         self._drop_connection()
 
@@ -255,7 +284,14 @@ class Session:
             self._on_outdated(client, event)
             return
         message = f": {event.Message}" if event.Message else ""
-        self._set("connect_failed", f"WhatsApp refused the connection ({reason}{message}); reconnecting")
+        if reason in PASSING_FAILURES:
+            self._set("connect_failed", f"WhatsApp refused the connection ({reason}{message}); reconnecting")
+        else:  # a refusal we cannot answer: back off far, and say why
+            self._unknown_failures += 1
+            wait = min(UNKNOWN_FAILURE_FIRST * 2 ** (self._unknown_failures - 1), UNKNOWN_FAILURE_CAP)
+            self._retry_after = wait
+            self._set("connect_failed", f"WhatsApp refused the connection ({reason}{message}), a refusal with no"
+                                        f" known remedy ({self._unknown_failures} in a row): next attempt in {wait:g}s")
         self._drop_connection()
 
     def _on_outdated(self, client: NewClient, event: Any) -> None:
@@ -281,13 +317,16 @@ class Session:
     def _run(self) -> None:
         backoff = 1.0
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and not self.ended:
                 if self.state == "banned" and self._banned_until > time.monotonic():
                     self._wake.wait(self._banned_until - time.monotonic())
                     self._wake.clear()
                     if self.state == "banned" and self._banned_until <= time.monotonic():
                         self.client = self._new_client()
                         self.state = "disconnected"  # the ban is over: connect again
+                    continue
+                if self.state == "replaced" and self.client is not None:
+                    self._take_back()
                     continue
                 if self.state in TERMINAL or self.client is None:
                     if self.client is None and self.state not in TERMINAL and self.pairing is None \
@@ -296,39 +335,101 @@ class Session:
                     self._wake.wait()  # until a pairing, restart() or stop()
                     self._wake.clear()
                     continue
-                self._connect_once()
-                if self._stopping.is_set():
+                holds = self._lease_holds()
+                if holds is False:
+                    break
+                if holds:
+                    self._connect_once()
+                if self._stopping.is_set() or self.ended:
                     break
                 if self._was_connected:
                     backoff, self._was_connected = 1.0, False
-                self._wake.wait(backoff)
+                wait, self._retry_after = self._retry_after or backoff, None
+                self._wake.wait(wait)
                 self._wake.clear()
                 backoff = min(backoff * 2, self.max_backoff)
         finally:
             if self.pairing is not None:
                 self.pairing.kill()
-            if self.state not in TERMINAL and self.state != "unpaired":
+            if not self.ended and self.state not in TERMINAL and self.state != "unpaired":
                 self._set("disconnected", "session stopped")
+
+    def _lease_holds(self) -> bool | None:
+        """Whether this worker still holds the lease it started under (asked before every connect):
+        False ends the session; None (the database cannot tell now) waits for the next turn."""
+        try:
+            holds = self.may_connect()
+        except Exception as error:
+            logger.warning("could not check the session's lease; connecting later",
+                           extra={"instance_id": str(self.instance_id), "error": str(error)})
+            return None
+        if not holds:
+            self.ended = True
+            self._set("disconnected", LEASE_LOST_DETAIL)  # recorded only if this worker still may
+            client, self.client = self.client, None
+            if client is not None:
+                threading.Thread(target=stop_client, args=(client,), daemon=True).start()
+        return holds
+
+    def _take_back(self) -> None:
+        """`replaced`: another connection of this device took ours. Terminal unless this worker
+        holds the instance's lease; then the connection is taken back after a growing wait."""
+        holds = self._lease_holds()
+        if not holds:
+            if holds is None:
+                self._wake.wait(self.max_backoff)
+                self._wake.clear()
+            return
+        self._replacements += 1
+        wait = min(REPLACED_FIRST * 2 ** (self._replacements - 1), REPLACED_CAP)
+        self._set("replaced", f"the session was opened elsewhere; this worker holds its lease: taking it back"
+                              f" in {wait:g}s ({self._replacements} in a row)")
+        if self._wake.wait(wait):
+            self._wake.clear()
+            if self.state != "replaced":
+                return  # a restart or stop meanwhile
+        if self.state == "replaced" and not self._stopping.is_set():
+            self.state = "disconnected"
 
     def _connect_once(self) -> None:
         client = self.client
         assert client is not None
+        key = client.uuid.decode()
         self._set("connecting")
-        # The gate holds every other Go call off while neonize writes its registry.
-        self._gate = REGISTRY.connect_gate()
+        # Exclusive until the dial reaches the gate (neonize's map writes are done by then), shared
+        # until Go's first callback (its own reads are done by then): registry.py.
+        connecting = REGISTRY.connecting()
+        CONNECTS[key] = connecting
+        url = GATE.open(key, functools.partial(self._on_dial, client, connecting),
+                        functools.partial(self._on_redial, client))
         try:
-            client.connect(proxy_settings(self.proxy))
+            client.connect(ProxySettings(proxy_address=url, no_media=True))
             # connect() returns when the client was stopped: it is not connected now.
             if self.state in ("connected", "connecting"):
                 self._set("disconnected", "connection closed")
         except Exception as error:
             self._set("disconnected", str(map_error(error)))
         finally:
-            self._gate.release()
+            connecting.returned()
             try:  # neonize never closes the store pool this connect opened
-                self.store.release(client.uuid.decode())
+                self.store.release(key)
             except Exception:
                 logger.exception("could not end a finished client's store connections")
+
+    def _on_dial(self, client: NewClient, connecting: Connecting) -> None:
+        """The connect's dial reached the gate: neonize has written its maps."""
+        media = functools.partial(client.set_proxy_address, self.proxy, no_websocket=True) if self.proxy else None
+        connecting.dialed(then=media)  # media through WHATSAPP_PROXY too; the websocket goes through the gate
+        if self._stopping.is_set() or client is not self.client:
+            raise GateRefused("the session was stopped or restarted")
+
+    def _on_redial(self, client: NewClient) -> None:
+        """whatsmeow tried to reconnect by itself (refused): end this connect; the loop makes the
+        next one, once it has checked the lease."""
+        if client is self.client and not self._stopping.is_set():
+            logger.info("whatsmeow reconnects by itself: reconnecting through the session",
+                        extra={"instance_id": str(self.instance_id)})
+            self._drop_connection()
 
     # -- pairing ----------------------------------------------------------------------------------
 
@@ -425,6 +526,8 @@ class Session:
             self.pairing = None
         old = self.client
         self._banned_until = 0.0
+        self._unknown_failures = self._replacements = 0
+        self._retry_after = None
         self.client = self._new_client()
         if old is not None:
             threading.Thread(target=stop_client, args=(old,), daemon=True).start()

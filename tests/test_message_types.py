@@ -63,6 +63,12 @@ def test_every_type_is_a_route_and_goes_in_order_as_posted(stack: Stack) -> None
         "phone": "5511999999999", "message": "a reply", "messageId": sends[0]["whatsapp_message_id"]}).json()
     stack.wait_completed([reply["zaapId"]], timeout=30)
     assert stack.sends(instance)[-1]["payload"] == {"message": "a reply", "messageId": sends[0]["whatsapp_message_id"]}
+    in_group = stack.http.post(f"{stack.base(instance)}/send-text", json={
+        "phone": "120363025246125486-group", "message": "a reply", "messageId": "3EB0G",
+        "participant": "5511977776666", "fromMe": False}).json()
+    stack.wait_completed([in_group["zaapId"]], timeout=30)
+    assert stack.sends(instance)[-1]["payload"] == {"message": "a reply", "messageId": "3EB0G",
+                                                   "participant": "5511977776666", "fromMe": False}
     listed = stack.http.get(f"{stack.base(instance)}/queue/{by_type['audio']}").json()
     assert listed["messageType"] == "audio" and listed["content"] == BODIES["audio"][1]
 
@@ -84,6 +90,8 @@ def test_content_that_cannot_be_sent_is_refused_naming_the_field(stack: Stack) -
         ("send-poll", {"message": "?", "poll": []}, "poll"),
         ("send-poll", {"message": "?", "poll": "a,b"}, "poll"),
         ("send-reaction", {"reaction": "👍"}, "messageId"),
+        ("send-reaction", {"reaction": "👍", "messageId": "3EB0C", "participant": ""}, "participant"),
+        ("send-text", {"message": "m", "messageId": "3EB0C", "fromMe": "yes"}, "fromMe"),
         ("send-link", {"message": "m", "linkUrl": "javascript:alert(1)"}, "linkUrl"),
         ("send-sticker", {"sticker": ""}, "sticker"),
     ]

@@ -313,7 +313,7 @@ def child(how: str, message_type: str, phone: str, *options: str) -> None:  # pr
 
         client.send_message = send_message  # type: ignore[method-assign]
         client.send_chat_presence = send_chat_presence  # type: ignore[method-assign]
-    session = SimpleNamespace(connected=True, state="connected", detail=None, client=client)
+    session = SimpleNamespace(connected=True, state="connected", detail=None, delivered=lambda: None, client=client)
     transport = NeonizeTransport(SimpleNamespace(owner=True, get=lambda _: session), timeout=60,  # type: ignore[arg-type]
                                  threads=1)
     instance_id = uuid.uuid4()

@@ -40,6 +40,10 @@ def test_no_call_is_admitted_before_neonize_has_written_its_maps_on_a_slow_store
     assert "no call admitted before them" in run_check("slow_store", DATABASE_URL=database_url)
 
 
+def test_the_reach_out_time_lock_restricts_the_instance_with_its_reason_and_lifts_by_itself() -> None:
+    assert "lifted after a growing wait, or by a restart" in run_check("time_lock")
+
+
 def test_reads_share_writes_exclude_and_a_read_that_cannot_get_in_waits_without_an_attempt() -> None:
     lock = RegistryLock(lease=0.2, wait=0.3)
     connecting = lock.connecting()

@@ -23,7 +23,7 @@ from workers.transports.base import (
     RetryableSendError,
     UncertainSendError,
 )
-from workers.transports.neonize.errors import REACH_OUT_TIME_LOCK, REFUSALS, map_error
+from workers.transports.neonize.errors import REACH_OUT_TIME_LOCK, REFUSALS, ReachOutTimeLock, map_error
 from workers.transports.neonize.media import fetch_media
 from workers.transports.neonize.numbers import brazil_variants
 from workers.transports.neonize.registry import RegistryLock
@@ -130,7 +130,7 @@ SEND_ERRORS = [
     ("server returned error 403", RetryableSendError),
     ("server returned error 479", RetryableSendError),
     ("server returned error 418", RetryableSendError),  # a refusal we have no row for
-    ("server returned error 463", InstanceDisconnected),  # the reach-out time-lock: the head waits
+    ("server returned error 463", ReachOutTimeLock),  # the reach-out time-lock: the head waits
     ("server returned error 500", RetryableSendError),
     ("server returned error 503", RetryableSendError),
     # Refused before delivery; may pass later.
@@ -165,12 +165,12 @@ def test_every_refusal_row_is_in_the_error_table_with_its_kind_and_reason() -> N
 
 def test_the_reach_out_time_lock_makes_the_head_wait_with_its_reason() -> None:
     mapped = map_error(SendMessageError("server returned error 463"), sending=True)
-    assert type(mapped) is InstanceDisconnected
+    assert type(mapped) is ReachOutTimeLock and isinstance(mapped, InstanceDisconnected)
     assert str(mapped).startswith("WhatsApp's reach-out time-lock (463): this account may not start new "
                                   "conversations for now; waiting")
     assert str(mapped).startswith(REACH_OUT_TIME_LOCK)
     # Outside the send call it means the same (nothing was delivered).
-    assert type(map_error(SendMessageError("server returned error 463"))) is InstanceDisconnected
+    assert type(map_error(SendMessageError("server returned error 463"))) is ReachOutTimeLock
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import base64
 import ctypes
 import os
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -284,6 +285,168 @@ def message_fixes() -> None:
             sticker = build_message("sticker", {"sticker": data_uri("image/png", data)}, upload).stickerMessage
             assert not sticker.isAnimated
         print("animated sticker: marked")
+
+    elif which == "reply_quote":
+        reply_quote(upload)
+
+    elif which == "group_reaction":
+        group_reaction(upload)
+
+    elif which == "media_budget":
+        media_budget()
+
+
+CONTACT = "5511999999999@s.whatsapp.net"
+OWN = "5511988887777@s.whatsapp.net"
+GROUP = "120363025246125486@g.us"
+
+
+def reply_quote(upload: FakeUpload) -> None:
+    """A reply quotes the message Z-API's `messageId` names, with its author: the contact in a
+    one-to-one chat, us when this instance sent it (its text quoted) or `fromMe` says so, the
+    `participant` given in a group (none without one: never the group's address)."""
+
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+
+    theirs = build_message("text", {"message": "yes", "messageId": "3EB0THEIRS"}, upload, to=CONTACT,
+                           own=OWN).extendedTextMessage.contextInfo
+    assert (theirs.stanzaID, theirs.participant) == ("3EB0THEIRS", CONTACT), theirs
+    said = {"3EB0OURS": Message(conversation="Your order shipped")}
+    ours = build_message("text", {"message": "tracking: X1", "messageId": "3EB0OURS"}, upload, to=CONTACT,
+                         own=OWN, sent=said.get).extendedTextMessage.contextInfo
+    assert (ours.stanzaID, ours.participant) == ("3EB0OURS", OWN), ours
+    assert ours.quotedMessage.conversation == "Your order shipped", ours.quotedMessage
+    flagged = build_message("text", {"message": "m", "messageId": "3EB0X", "fromMe": True}, upload, to=CONTACT,
+                            own=OWN).extendedTextMessage.contextInfo
+    assert flagged.participant == OWN
+    in_group = build_message("image", {"image": data_uri("image/png", PNG), "messageId": "3EB0G",
+                                       "participant": "+55 11 97777-6666"}, upload, to=GROUP, own=OWN)
+    assert in_group.imageMessage.contextInfo.participant == "5511977776666@s.whatsapp.net"
+    unknown = build_message("text", {"message": "m", "messageId": "3EB0G"}, upload, to=GROUP,
+                            own=OWN).extendedTextMessage.contextInfo
+    assert unknown.stanzaID == "3EB0G" and not unknown.participant, "no author rather than a wrong one"
+
+    # Through the transport: a reply to a message it sent quotes that message, by us; sent to the
+    # number's other form, the quote's author follows.
+    session = connected_session(client=SlowClient(),
+                              jid="5511988887777:12@s.whatsapp.net")
+    frames: list[Any] = []
+    real_send = session.client.send_message
+
+    def send_message(jid: Any, message: Any) -> Any:
+        frames.append(message)
+        return real_send(jid, message)
+
+    session.client.send_message = send_message
+    transport = transport_for(session, timeout=5, threads=2)
+    instance_id = uuid.uuid4()
+    first = transport.send(text_message(instance_id, "Your order shipped"))
+    transport.send(OutgoingMessage(zaap_id=uuid.uuid4().hex, instance_id=instance_id, phone="5511999999999",
+                                   message_type="text", payload={"message": "X1", "messageId": first}))
+    context = frames[-1].extendedTextMessage.contextInfo
+    assert (context.stanzaID, context.participant, context.quotedMessage.conversation) == (
+        first, OWN, "Your order shipped"), context
+    transport.close()
+
+    from workers.transports.neonize.messages import retarget
+
+    moved = retarget(build_message("text", {"message": "m", "messageId": "3EB0T"}, upload, to=CONTACT),
+                     CONTACT, "551199999999@s.whatsapp.net")
+    assert moved.extendedTextMessage.contextInfo.participant == "551199999999@s.whatsapp.net"
+    print("reply quote: the original, by its author")
+
+
+def group_reaction(upload: FakeUpload) -> None:
+    """A reaction in a group names the reacted message's sender (whatsmeow's BuildMessageKey:
+    `participant` unless it is ours); one-to-one, none; in a group without it, none."""
+    theirs = build_message("reaction", {"reaction": "👍", "messageId": "3EB0R", "participant": "5511977776666"},
+                           upload, to=GROUP, own=OWN).reactionMessage.key
+    assert (theirs.remoteJID, theirs.fromMe, theirs.ID, theirs.participant) == (
+        GROUP, False, "3EB0R", "5511977776666@s.whatsapp.net"), theirs
+    ours = build_message("reaction", {"reaction": "👍", "messageId": "3EB0R", "fromMe": True}, upload,
+                         to=GROUP, own=OWN).reactionMessage.key
+    assert ours.fromMe and not ours.HasField("participant"), ours
+    direct = build_message("reaction", {"reaction": "👍", "messageId": "3EB0R"}, upload, to=CONTACT,
+                           own=OWN).reactionMessage.key
+    assert (direct.remoteJID, direct.fromMe) == (CONTACT, False) and not direct.HasField("participant"), direct
+    unknown = build_message("reaction", {"reaction": "👍", "messageId": "3EB0R"}, upload, to=GROUP,
+                            own=OWN).reactionMessage.key
+    assert unknown.ID == "3EB0R" and not unknown.HasField("participant"), "no author rather than a wrong one"
+    print("group reaction: with the participant")
+
+
+def media_budget() -> None:
+    """Media held from fetch to upload stays within the worker's budget: no more large media at
+    once than its slots, their bytes within its total; a send that cannot get its share in time
+    waits (InstanceDisconnected), taking nothing."""
+    from workers.transports.neonize import media, messages
+    from workers.transports.neonize.media import Media, MediaBudget
+
+    budget = MediaBudget(total=3_000_000, large=2, large_at=1_000_000, wait=5)
+    messages.BUDGET = budget  # type: ignore[attr-defined]
+    inside = {"now": 0, "most": 0, "bytes": 0, "most_bytes": 0}
+    lock, gate = threading.Lock(), threading.Event()
+
+    def slow_upload(data: bytes, kind: MediaType) -> UploadResponse:
+        with lock:
+            inside["now"] += 1
+            inside["bytes"] += len(data)
+            inside["most"] = max(inside["most"], inside["now"])
+            inside["most_bytes"] = max(inside["most_bytes"], inside["bytes"])
+        gate.wait(5)
+        with lock:
+            inside["now"] -= 1
+            inside["bytes"] -= len(data)
+        return FakeUpload()(data, kind)
+
+    def fetch(size: int) -> Any:
+        return lambda _url: Media(b"%PDF" + b"\x01" * (size - 4), "application/pdf")
+
+    def send(size: int) -> None:
+        build_message("document", {"document": "https://example.com/x.pdf"}, slow_upload, fetch=fetch(size))
+
+    threads = [threading.Thread(target=send, args=(1_400_000,)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    waiting_until(lambda: inside["now"] == 2, "two large media to be uploading")
+    assert budget.large_used == 2 and budget.used == 2_800_000, (budget.large_used, budget.used)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert inside["most"] == 2, inside
+    assert budget.peak <= 3_000_000 and (budget.used, budget.large_used) == (0, 0), (budget.peak, budget.used)
+
+    # Small media (known or found small) take no large slot: many at once, within the total bytes.
+    gate.clear()
+    small = [threading.Thread(target=send, args=(600_000,)) for _ in range(6)]
+    for thread in small:
+        thread.start()
+    waiting_until(lambda: inside["now"] == 5, "five small media to be uploading")  # 5 × 0.6 MB = the total
+    assert budget.used <= 3_000_000 and inside["now"] == 5, (budget.used, inside)
+    gate.set()
+    for thread in small:
+        thread.join(10)
+
+    # No share within the wait: the send waits, and what it took is given back.
+    gate.clear()
+    budget.wait = 0.3
+    hogs = [threading.Thread(target=send, args=(1_400_000,)) for _ in range(2)]
+    for thread in hogs:
+        thread.start()
+    waiting_until(lambda: inside["now"] == 2, "the large slots to be taken")
+    try:
+        send(1_400_000)
+    except InstanceDisconnected as error:
+        assert "media memory" in str(error), error
+    else:
+        raise AssertionError("a send over the budget must wait")
+    assert budget.large_used == 2 and budget.used == 2_800_000
+    gate.set()
+    for thread in hogs:
+        thread.join(10)
+    assert (budget.used, budget.large_used) == (0, 0)
+    assert len(PNG) <= (media.known_size(data_uri("image/png", PNG)) or 0) <= len(PNG) + 2  # base64 padding
+    print("media budget: slots and bytes held")
 
 
 def push(client: Any, event: Proto) -> None:
@@ -672,7 +835,7 @@ def number_forms() -> None:
             return [IsOnWhatsAppResponse(Query=numbers[0], IsIn=True,
                                          JID=JID(User="551188887777", Server="s.whatsapp.net"))]
 
-    session = SimpleNamespace(connected=True, state="connected", detail=None, client=Client())
+    session = connected_session(client=Client())
     transport = NeonizeTransport(SimpleNamespace(owner=True, get=lambda i: session), timeout=5,  # type: ignore[arg-type]
                                  threads=2)
     instance_id = uuid.uuid4()
@@ -737,7 +900,7 @@ def abandoned_call() -> None:
                 raise RuntimeError(outcome["fail"])
             return SimpleNamespace(ID="WA-1")
 
-    session = SimpleNamespace(connected=True, state="connected", detail=None, client=Client())
+    session = connected_session(client=Client())
     manager = SimpleNamespace(owner=True, get=lambda instance_id: session)
     transport = NeonizeTransport(manager, timeout=0.3, threads=4)  # type: ignore[arg-type]
     instance_id = uuid.uuid4()
@@ -761,7 +924,7 @@ def abandoned_call() -> None:
             raise AssertionError("the instance sent while an earlier call was still under way")
     release.set()
     deadline = time.monotonic() + 5
-    while not all(f.done() for f in transport.abandoned.values()):
+    while not all(a.future.done() for a in transport.abandoned.values()):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert transport.send(message(2)) == "WA-1"
@@ -776,9 +939,268 @@ def abandoned_call() -> None:
     print("abandoned call: the instance waited for it")
 
 
+#: Every SlowClient made: released when a check ends, passed or failed, so that its hung calls
+#: do not hold the process at exit (the helper pool's threads are joined there).
+SLOW_CLIENTS: list[SlowClient] = []
+
+
+class SlowClient:
+    """A session's client whose calls take as long as the test says: `hang` holds a call until
+    released (or forever), the network edge. Records the order of what it was asked."""
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.events = events if events is not None else []
+        self.release = threading.Event()
+        self.hang = {"send": False, "upload": False}
+        self.sent = 0
+        SLOW_CLIENTS.append(self)
+
+    def upload(self, data: bytes, kind: MediaType) -> UploadResponse:
+        self.events.append("upload")
+        if self.hang["upload"]:
+            self.release.wait()
+        return FakeUpload()(data, kind)
+
+    def send_message(self, jid: Any, message: Any) -> Any:
+        from types import SimpleNamespace
+
+        self.events.append("send")
+        if self.hang["send"]:
+            self.release.wait()
+        self.sent += 1
+        return SimpleNamespace(ID=f"WA-{self.sent}")
+
+
+def waiting_until(predicate: Any, what: str, timeout: float = 10) -> None:
+    """Wait on a condition with a deadline (never a bare sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def blocked(transport: Any, message: OutgoingMessage) -> bool:
+    """Whether the instance refuses to send because an earlier call is still out."""
+    try:
+        transport.send(message)
+    except InstanceDisconnected as error:
+        return "has not returned yet" in str(error)
+    return False
+
+
+def connected_session(**fields: Any) -> Any:
+    """A connected session as the transport sees it (its client, and what it tells the session)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(connected=True, state="connected", detail=None, delivered=lambda: None, **fields)
+
+
+def transport_for(session: Any, **kwargs: Any) -> Any:
+    from types import SimpleNamespace
+
+    from workers.transports.neonize.transport import NeonizeTransport
+
+    return NeonizeTransport(SimpleNamespace(owner=True, get=lambda _id: session), **kwargs)  # type: ignore[arg-type]
+
+
+def text_message(instance_id: uuid.UUID, text: str, phone: str = "5511999999999", **kwargs: Any) -> OutgoingMessage:
+    return OutgoingMessage(zaap_id=uuid.uuid4().hex, instance_id=instance_id, phone=phone, message_type="text",
+                           payload={"message": text}, **kwargs)
+
+
+def late_answer() -> None:
+    """Issue 21 item 4: a send abandoned at the job timeout is uncertain *with the call*, which
+    later answers with the message's id; the instance waits for it meanwhile, and no longer once
+    whatsmeow's bound has passed, even if the call never returns."""
+    import time
+
+    from workers.transports.base import UncertainSendError
+
+    client = SlowClient()
+    session = connected_session(client=client, jid=None)
+    transport = transport_for(session, timeout=0.2, threads=4, call_bound=1.5)
+    instance_id = uuid.uuid4()
+    client.hang["send"] = True
+    started = time.monotonic()
+    try:
+        transport.send(text_message(instance_id, "slow"))
+    except UncertainSendError as error:
+        late, within = error.late, error.late_within
+    else:
+        raise AssertionError("a send that did not answer in time must be uncertain")
+    assert late is not None and not late.done(), "the uncertain error carries the call, still out"
+    assert 0 < within <= 1.5 - 0.2 + 0.05, within  # the bound, from when the call started
+    assert blocked(transport, text_message(instance_id, "next")), "the instance sent while the call was out"
+    client.release.set()
+    assert late.result(timeout=5) == "WA-1", "the late call answers with the message's id"
+    assert client.sent == 1 and time.monotonic() - started < 1.5
+    waiting_until(lambda: instance_id not in transport.abandoned, "the returned call to be forgotten")
+    assert transport.send(text_message(instance_id, "next")) == "WA-2"
+
+    # A call that never returns holds its instance until the bound, not forever.
+    client.release.clear()
+    other = uuid.uuid4()
+    try:
+        transport.send(text_message(other, "never"))
+    except UncertainSendError as error:
+        assert error.late is not None and error.late_within > 0
+        never = error.late
+    else:
+        raise AssertionError("uncertain expected")
+    bound_at = time.monotonic() + 1.5 - 0.2
+    assert blocked(transport, text_message(other, "held"))
+    client.hang["send"] = False  # the next call answers at once: it is sent once the instance is free
+    waiting_until(lambda: not blocked(transport, text_message(other, "after the bound")), "the bound to pass", 5)
+    assert time.monotonic() >= bound_at - 0.05, "freed before the bound"
+    assert client.sent == 3 and not never.done(), "the instance was freed by the bound, the call never returned"
+    transport.close()
+    print("late answer: carried, waited for, bounded")
+
+
+def claim_checked() -> None:
+    """Issue 21 item 8's hook: the claim is checked right before each frame leaves, after the
+    media was fetched and uploaded; a lost claim sends nothing and passes through untouched."""
+    from types import SimpleNamespace
+
+    from neonize.proto.Neonize_pb2 import IsOnWhatsAppResponse
+
+    from workers.transports.base import ClaimLost
+
+    events: list[str] = []
+    client = SlowClient(events)
+    session = connected_session(client=client, jid=None)
+    transport = transport_for(session, timeout=5, threads=2)
+    instance_id = uuid.uuid4()
+
+    def lost() -> None:
+        events.append("check")
+        raise ClaimLost("rescued by another worker")
+
+    image = {"image": data_uri("image/png", PNG)}
+    try:
+        transport.send(OutgoingMessage(zaap_id="a" * 32, instance_id=instance_id, phone="5511999999999",
+                                       message_type="image", payload=image, before_write=lost))
+    except ClaimLost as error:
+        assert str(error) == "rescued by another worker", error
+    else:
+        raise AssertionError("a lost claim must stop the send")
+    assert events == ["upload", "check"], events  # uploaded, checked, and no frame
+
+    def counted() -> None:
+        events.append("check")
+
+    events.clear()
+    assert transport.send(OutgoingMessage(zaap_id="b" * 32, instance_id=instance_id, phone="5511999999999",
+                                          message_type="image", payload=image, before_write=counted)) == "WA-1"
+    assert events == ["upload", "check", "send"], events
+
+    # The number's other form: a second frame, checked again right before it.
+    def send_message(jid: Any, message: Any) -> Any:
+        events.append("send")
+        if jid.User == "5511988887777":
+            raise RuntimeError("no LID found for 5511988887777@s.whatsapp.net from server")
+        return SimpleNamespace(ID="WA-other")
+
+    client.send_message = send_message  # type: ignore[method-assign]
+    client.is_on_whatsapp = lambda *numbers: [IsOnWhatsAppResponse(  # type: ignore[attr-defined]
+        Query=numbers[0], IsIn=True, JID=JID(User="551188887777", Server="s.whatsapp.net"))]
+    events.clear()
+    assert transport.send(OutgoingMessage(zaap_id="c" * 32, instance_id=instance_id, phone="5511988887777",
+                                          message_type="text", payload={"message": "hi"},
+                                          before_write=counted)) == "WA-other"
+    assert events == ["check", "send", "check", "send"], events
+
+    # A check that fails for another reason (the database): nothing sent, retryable.
+    def broken() -> None:
+        raise OSError("database unreachable")
+
+    from workers.transports.base import RetryableSendError
+
+    events.clear()
+    try:
+        transport.send(text_message(instance_id, "x", before_write=broken))
+    except RetryableSendError as error:
+        assert "could not be checked" in str(error)
+    else:
+        raise AssertionError("a failed check must be retryable")
+    assert "send" not in events
+    transport.close()
+    print("claim checked: once per frame, after the uploads; a lost claim sends nothing")
+
+
+def bounded_calls() -> None:
+    """Issue 21 item 6: an upload that never returns (neonize gives it no deadline) fails the
+    send as retryable at the job timeout and holds its instance only until the bound; a restart
+    (the session's client replaced) frees the instance at once; a 413 stays permanent."""
+    import time
+    from types import SimpleNamespace
+
+    from workers.transports.base import RetryableSendError
+
+    client = SlowClient()
+    session = connected_session(client=client, jid=None)
+    transport = transport_for(session, timeout=0.2, threads=4, call_bound=60, restart_grace=0.5)
+    instance_id = uuid.uuid4()
+    image = OutgoingMessage(zaap_id="d" * 32, instance_id=instance_id, phone="5511999999999",
+                            message_type="image", payload={"image": data_uri("image/png", PNG)})
+    client.hang["upload"] = True
+    started = time.monotonic()
+    try:
+        transport.send(image)
+    except RetryableSendError as error:
+        assert "did not answer within 0.2s" in str(error), error
+    else:
+        raise AssertionError("an upload that hangs must fail the send as retryable")
+    assert time.monotonic() - started < 2
+    assert blocked(transport, text_message(instance_id, "next")), "the hung upload must hold its instance"
+    # A restart: the session's client is replaced (sessions.py restart), the old one stopped: the
+    # instance waits the grace a stopped client takes to end its calls, not the bound.
+    session.client = SlowClient()
+    replaced = time.monotonic()
+    assert blocked(transport, text_message(instance_id, "at the restart"))
+    waiting_until(lambda: not blocked(transport, text_message(instance_id, "after the restart")),
+                  "the restart to free the instance", 5)
+    assert 0.4 <= time.monotonic() - replaced < 5
+    assert instance_id not in transport.abandoned
+    assert client.events == ["upload"] and session.client.events == ["send"] and session.client.sent == 1
+
+    # Without a restart, the bound frees it.
+    short = transport_for(session, timeout=0.2, threads=4, call_bound=0.8)
+    session.client.hang["upload"] = True
+    try:
+        short.send(image)
+    except RetryableSendError:
+        pass
+    assert blocked(short, text_message(instance_id, "held"))
+    waiting_until(lambda: not blocked(short, text_message(instance_id, "free")), "the bound to pass", 5)
+
+    # A 413 through the transport: permanent, with the reason.
+    def refused(data: bytes, kind: MediaType) -> UploadResponse:
+        raise Exception("upload failed with status code 413")
+
+    session.client = SimpleNamespace(upload=refused, send_message=None)
+    try:
+        transport.send(OutgoingMessage(zaap_id="e" * 32, instance_id=uuid.uuid4(), phone="5511999999999",
+                                       message_type="image", payload={"image": data_uri("image/png", PNG)}))
+    except PermanentSendError as error:
+        assert "refused the upload as too large" in str(error), error
+    else:
+        raise AssertionError("a 413 must be permanent")
+    client.release.set()
+    transport.close()
+    short.close()
+    print("bounded calls: retryable, held until the bound or a restart, 413 permanent")
+
+
 if __name__ == "__main__":
     from service.logs import configure_logging
 
     configure_logging("WARNING")  # after neonize's import-time basicConfig
-    globals()[sys.argv[1]]()
+    try:
+        globals()[sys.argv[1]]()
+    finally:
+        for slow in SLOW_CLIENTS:
+            slow.release.set()
 

@@ -436,6 +436,80 @@ def slow_store() -> None:
           f" ({refused[0]} waited past READ_WAIT and snoozed), {len(admitted)} after")
 
 
+def time_lock() -> None:
+    """WhatsApp's reach-out time-lock (463) on a send: nothing was delivered; the session shows
+    `restricted` with the reason and the next try, sends wait without reaching WhatsApp, the
+    restriction lifts by itself after its wait (doubled at the next lock in a row), a delivered
+    send starts the count again, and a restart lifts it at once."""
+    from types import SimpleNamespace
+
+    from tests.whatsapp_checks import text_message, transport_for
+    from workers.transports.neonize import sessions as module
+    from workers.transports.neonize.sessions import Session
+
+    GATE.upstream = holding_server()
+    module.RESTRICTED_FIRST = 0.3
+    states: list[tuple[str, str | None]] = []
+    refuse = {"next": True}
+    frames: list[Any] = []
+
+    class Client(FakeClient):
+        def send_message(self, jid: Any, message: Any) -> Any:
+            frames.append(message)
+            if refuse["next"]:
+                raise RuntimeError("failed to send message: server returned error 463")
+            return SimpleNamespace(ID="3EB0SENT")
+
+    session = Session(uuid.uuid4(), FakeStore(), JID, lambda i, s, d, e: states.append((s, d)),  # type: ignore[arg-type]
+                      announce_available=False, client_factory=lambda url, key, jid: Client(url, key, jid))
+    session.start()
+    wait_until(lambda: session.connected, "the connect")
+    transport = transport_for(session, timeout=5, threads=2)
+    instance_id = session.instance_id
+
+    def refused_waits(in_a_row: int, wait: str) -> None:
+        try:
+            transport.send(text_message(instance_id, "hello, new contact"))
+        except InstanceDisconnected as error:
+            assert str(error).startswith("restricted: WhatsApp's reach-out time-lock (463)"), error
+        else:
+            raise AssertionError("a 463 must make the message wait")
+        state, detail = states[-1]
+        assert state == "restricted" and detail is not None, states[-1]
+        assert f"({in_a_row} in a row; restart to try now)" in detail and "sends wait until" in detail, detail
+        sent = len(frames)
+        try:
+            transport.send(text_message(instance_id, "another"))
+        except InstanceDisconnected as error:
+            assert str(error).startswith("restricted:"), error
+        else:
+            raise AssertionError("a restricted instance sent")
+        assert len(frames) == sent, "a restricted instance must not reach WhatsApp"
+        started = time.monotonic()
+        wait_until(lambda: session.connected, "the restriction to lift by itself")
+        lifted = time.monotonic() - started
+        assert states[-1] == ("connected", None), states[-1]
+        assert lifted >= float(wait) * 0.8, f"lifted after {lifted:.2f}s, before its {wait}s"
+
+    refused_waits(1, "0.3")
+    refused_waits(2, "0.6")  # the next one in a row waits twice as long
+    refuse["next"] = False
+    assert transport.send(text_message(instance_id, "to an old contact")) == "3EB0SENT"
+    assert session.restrictions == 0, "a delivered send starts the count again"
+    refuse["next"] = True
+    try:
+        transport.send(text_message(instance_id, "to a new contact"))
+    except InstanceDisconnected:
+        pass
+    assert session.state == "restricted" and "(1 in a row" in (session.detail or ""), session.detail
+    session.restart()
+    wait_until(lambda: session.connected, "the restart to lift the restriction")
+    assert session.restrictions == 0
+    transport.close()
+    session.stop(timeout=2)
+    print("time lock: restricted with its reason, sends held, lifted after a growing wait, or by a restart")
+
+
 if __name__ == "__main__":
     from service.logs import configure_logging
 

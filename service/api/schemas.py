@@ -174,7 +174,22 @@ def message(message_type: MessageType, data: dict[str, Any]) -> MessageRequest:
     # reply); a reaction's own `messageId` is the message it reacts to.
     if "messageId" not in payload and data.get("messageId") is not None:
         payload["messageId"] = non_empty_text(data, "messageId", max_length=200)
+    if "messageId" in payload:
+        payload.update(quoted_author(data))
     return MessageRequest(message_type=message_type.name, payload=payload, **fields)
+
+
+def quoted_author(data: dict[str, Any]) -> dict[str, Any]:
+    """Who wrote the message `messageId` names, for a reply's quote or a reaction's key: `fromMe`
+    (this instance sent it) or `participant` (its sender's number; needed in a group)."""
+    author: dict[str, Any] = {}
+    if data.get("fromMe") is not None:
+        if not isinstance(data["fromMe"], bool):
+            raise ValidationError("fromMe", "fromMe must be true or false")
+        author["fromMe"] = data["fromMe"]
+    if data.get("participant") is not None:
+        author["participant"] = non_empty_text(data, "participant", max_length=100)
+    return author
 
 
 def content_field(data: dict[str, Any], spec: Field) -> Any:

@@ -59,6 +59,11 @@ ERROR_TABLE: tuple[tuple[re.Pattern[str], type[TransportError]], ...] = tuple(
 # row per code, else per class ("4xx", "5xx"): the kind and the reason, in our words, that the
 # message's error starts with. Sources in docs/decisions.md (issue 21); each row is tested.
 REFUSAL = re.compile(r"server returned error (\d{3})\b", re.IGNORECASE)
+class ReachOutTimeLock(InstanceDisconnected):
+    """The server's 463: the account may not start conversations for now. Nothing was delivered;
+    the session shows the lock and holds its sends for a while (sessions.py `Session.restrict`)."""
+
+
 REACH_OUT_TIME_LOCK = ("WhatsApp's reach-out time-lock (463): this account may not start new "
                        "conversations for now; waiting")
 REFUSALS: dict[int | str, tuple[type[TransportError], str]] = {
@@ -67,7 +72,7 @@ REFUSALS: dict[int | str, tuple[type[TransportError], str]] = {
     403: (RetryableSendError, "WhatsApp refused the message (403); it may pass later"),
     # The account may not start conversations for a while: the head waits without spending an
     # attempt (snoozed by MESSAGE_QUEUE_DISCONNECT_RETRY_DELAY, as for a disconnected instance).
-    463: (InstanceDisconnected, REACH_OUT_TIME_LOCK),
+    463: (ReachOutTimeLock, REACH_OUT_TIME_LOCK),
     # Intermittent (seen right after an undecryptable message from the recipient); passes on a
     # later try or after a reconnect.
     479: (RetryableSendError, "WhatsApp refused the message (479), an intermittent refusal"),

@@ -49,10 +49,12 @@ from neonize.utils.enum import MediaType
 
 from workers.transports.base import PermanentSendError, TransportError
 from workers.transports.neonize import mediainfo
-from workers.transports.neonize.media import Media, fetch_media
+from workers.transports.neonize.media import BUDGET, Media, fetch_media
 
 Upload = Callable[[bytes, MediaType], UploadResponse]
 Fetch = Callable[[str], Media]
+#: A message this instance sent, by its WhatsApp id (the transport remembers them), or None.
+Sent = Callable[[str], "Message | None"]
 
 DEFAULT_MIMETYPES = {
     "image": "image/jpeg",
@@ -71,6 +73,10 @@ class Build:
     fetch: Fetch = fetch_media
     #: The recipient's address (`user@s.whatsapp.net`, `…@g.us`): a reaction names its chat.
     to: str = ""
+    #: The account's own address (`user@s.whatsapp.net`): the author of what it sent.
+    own: str = ""
+    #: What this instance sent, by WhatsApp id: a reply quotes it, a reaction knows it is ours.
+    sent: Sent = lambda _id: None
     notes: list[str] = field(default_factory=list)
 
 
@@ -176,27 +182,104 @@ def _uploaded(upload: UploadResponse) -> dict[str, Any]:
 
 
 def build_message(message_type: str, payload: dict[str, Any], upload: Upload, fetch: Fetch = fetch_media,
-                  to: str = "") -> Message:
+                  to: str = "", own: str = "", sent: Sent = lambda _id: None) -> Message:
+    """The message to send. Media is fetched and uploaded within this worker's media budget
+    (media.BUDGET), held until the upload is done."""
     builder = BUILDERS.get(message_type)
     if builder is None:
         raise PermanentSendError(f"unsupported message type: {message_type}")
-    message = builder(payload, Build(upload, fetch, to))
-    if payload.get("messageId") and message_type != "reaction":
-        message = reply_to(message, str(payload["messageId"]), to)
-    return message
+    reply = bool(payload.get("messageId")) and message_type != "reaction"
+    with BUDGET.claim() as claim:
+        build = Build(upload, claim.fetch(fetch), to, own, sent)
+        quote = quoted(payload, build) if reply else None  # refused before any media is fetched
+        message = builder(payload, build)
+    return reply_to(message, quote) if quote else message
 
 
-def reply_to(message: Message, message_id: str, chat: str) -> Message:
-    """The message as a reply (WhatsApp's quote): the quoted message's id in the context info of
-    the message's content (plain text becomes an extended text, which has one)."""
+@dataclass(frozen=True)
+class Quoted:
+    """The message a reply quotes or a reaction reacts to, as far as it is known."""
+
+    id: str
+    from_me: bool
+    #: Who wrote it (`user@s.whatsapp.net`), "" if unknown.
+    author: str
+    #: Its content, when this instance sent it.
+    content: Message | None
+
+
+def _user_jid(value: str) -> str:
+    """A phone number or an address → the user's address without a device part."""
+    user, _, server = value.strip().partition("@")
+    user = user.split(":")[0]
+    if not server:
+        user, server = "".join(ch for ch in user if ch.isdigit()), "s.whatsapp.net"
+    return f"{user}@{server}" if user else ""
+
+
+def _group(chat: str) -> bool:
+    return chat.endswith("@g.us")
+
+
+def quoted(payload: dict[str, Any], build: Build) -> Quoted:
+    """Who wrote the message `messageId` names, and what it said if known: ours when this
+    instance sent it (remembered) or `fromMe` says so; else `participant` if given, else, in a
+    one-to-one chat, the contact. In a group the author of a contact's message cannot be told
+    otherwise: without `participant` the quote names no author (phones find the quoted message by
+    its id in their own copy; a reaction may not attach), as Z-API's own API lets a client send it."""
+    message_id = str(_required(payload, "messageId"))
+    content = build.sent(message_id)
+    if content is not None or payload.get("fromMe"):
+        return Quoted(message_id, True, build.own, content)
+    author = _user_jid(str(payload.get("participant") or ""))
+    if not author and not _group(build.to):
+        author = _user_jid(build.to) if build.to else ""
+    return Quoted(message_id, False, author, None)
+
+
+def reply_to(message: Message, quote: Quoted) -> Message:
+    """The message as a reply (WhatsApp's quote): the quoted message's id, its author and its
+    content (when known; else an empty text, which phones fill in from their own copy) in the
+    context info of the message's content (plain text becomes an extended text, which has one)."""
     if message.HasField("conversation"):
         message = Message(extendedTextMessage=ExtendedTextMessage(text=message.conversation))
-    context = ContextInfo(stanzaID=message_id, participant=chat, quotedMessage=Message(conversation=""))
+    context = ContextInfo(stanzaID=quote.id, quotedMessage=quote.content or Message(conversation=""))
+    if quote.author:
+        context.participant = quote.author
     content = _content(message)
     if content is None:
         raise PermanentSendError("this message cannot be sent as a reply")
     content.contextInfo.MergeFrom(context)
     return message
+
+
+def retarget(message: Message, old: str, new: str) -> Message:
+    """The built message sent to another form of the number (numbers.py): a reaction's chat and
+    a reply's author that named the old form name the new one; nothing is built or uploaded anew."""
+    moved = Message()
+    moved.CopyFrom(message)
+    if moved.HasField("reactionMessage") and moved.reactionMessage.key.remoteJID == old:
+        moved.reactionMessage.key.remoteJID = new
+    content = _content(moved)
+    if content is not None and content.HasField("contextInfo") and content.contextInfo.participant == old:
+        content.contextInfo.participant = new
+    return moved
+
+
+def quotable(message: Message) -> Message:
+    """What a later reply quotes of a message sent: its content without its own quote and
+    without thumbnails (kept small: the transport remembers thousands)."""
+    copy = Message()
+    copy.CopyFrom(message)
+    if copy.HasField("extendedTextMessage") and not copy.extendedTextMessage.matchedText:
+        return Message(conversation=copy.extendedTextMessage.text)
+    content = _content(copy)
+    if content is not None:
+        content.ClearField("contextInfo")
+        if "JPEGThumbnail" in content.DESCRIPTOR.fields_by_name:
+            content.ClearField("JPEGThumbnail")
+    copy.ClearField("messageContextInfo")
+    return copy
 
 
 def _content(message: Message) -> Any:
@@ -381,11 +464,15 @@ def poll(payload: dict[str, Any], build: Build) -> Message:
 
 
 def reaction(payload: dict[str, Any], build: Build) -> Message:
-    """As whatsmeow's BuildReaction: the key of the message reacted to (in this chat, sent by the
-    contact unless `fromMe`), the emoji ("" removes a reaction), the time."""
+    """As whatsmeow's BuildReaction (BuildMessageKey): the key of the message reacted to (in this
+    chat; `fromMe` when this instance sent it; in a group, its sender as the participant), the
+    emoji ("" removes a reaction), the time."""
+    target = quoted(payload, build)
+    key = MessageKey(remoteJID=build.to, fromMe=target.from_me, ID=target.id)
+    if _group(build.to) and not target.from_me and target.author:
+        key.participant = target.author
     return Message(reactionMessage=ReactionMessage(
-        key=MessageKey(remoteJID=build.to, fromMe=bool(payload.get("fromMe")), ID=_required(payload, "messageId")),
-        text=str(payload.get("reaction") or ""), senderTimestampMS=int(time.time() * 1000)))
+        key=key, text=str(payload.get("reaction") or ""), senderTimestampMS=int(time.time() * 1000)))
 
 
 def link(payload: dict[str, Any], build: Build) -> Message:

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -79,6 +79,11 @@ UNKNOWN_FAILURE_CAP = 3600.0
 #: back, doubled at each replacement in a row, to a cap.
 REPLACED_FIRST = 10.0
 REPLACED_CAP = 600.0
+#: WhatsApp's reach-out time-lock (463): the account may not start conversations for a while, and
+#: says neither for how long nor (to neonize) when it ends. Sends wait this long before the head is
+#: tried again, doubled at each refusal in a row, to a cap; a restart tries at once.
+RESTRICTED_FIRST = 300.0
+RESTRICTED_CAP = 7200.0
 LEASE_LOST_DETAIL = "this worker no longer holds the session's lease: another worker holds the session"
 
 #: Whether this worker still holds the instance's lease, with the fence its session started under.
@@ -144,6 +149,9 @@ class Session:
         self._unknown_failures = 0
         self._replacements = 0
         self._retry_after: float | None = None
+        #: Reach-out time-locks (463) in a row, and the timer that lifts the current one.
+        self.restrictions = 0
+        self._lift: threading.Timer | None = None
         self.generation = 0
         self._was_connected = False
         self.state = "disconnected"
@@ -518,6 +526,36 @@ class Session:
         if self.thread.is_alive():
             self.thread.join(timeout)
 
+    def restrict(self, reason: str) -> float | None:
+        """WhatsApp refused a send with its reach-out time-lock (463): the connection is fine, but
+        the account may not start conversations for now. The instance shows it (`restricted`, with
+        the reason and the next try: status route, dashboard, DisconnectedCallback) and sends wait
+        (the head is snoozed, no attempt spent) until the wait is over, then the head is tried
+        again (ConnectedCallback). The queue is strictly ordered, so a head to a new contact holds
+        the instance's later messages to anyone: they cannot overtake it. Returns the wait (None
+        if the session is not connected: nothing to restrict)."""
+        if self.state != "connected":
+            return None
+        self.restrictions += 1
+        wait = min(RESTRICTED_FIRST * 2 ** (self.restrictions - 1), RESTRICTED_CAP)
+        at = datetime.now(UTC) + timedelta(seconds=wait)
+        self._set("restricted", f"{reason}; sends wait until {at:%H:%M} UTC, then the first one is tried again"
+                                f" ({self.restrictions} in a row; restart to try now)")
+        if self._lift is not None:
+            self._lift.cancel()
+        self._lift = threading.Timer(wait, self._lift_restriction, args=(self.client,))
+        self._lift.daemon = True
+        self._lift.start()
+        return wait
+
+    def _lift_restriction(self, client: NewClient | None) -> None:
+        if self.state == "restricted" and client is self.client and not self._stopping.is_set():
+            self._set("connected")  # the waiting head goes at once
+
+    def delivered(self) -> None:
+        """A send went through: a later time-lock starts its wait from the first step again."""
+        self.restrictions = 0
+
     def restart(self) -> None:
         """Drop the connection and connect again; an unpaired instance forgets its pairing attempt."""
         if self.pairing is not None:
@@ -526,8 +564,10 @@ class Session:
             self.pairing = None
         old = self.client
         self._banned_until = 0.0
-        self._unknown_failures = self._replacements = 0
+        self._unknown_failures = self._replacements = self.restrictions = 0
         self._retry_after = None
+        if self._lift is not None:
+            self._lift.cancel()
         self.client = self._new_client()
         if old is not None:
             threading.Thread(target=stop_client, args=(old,), daemon=True).start()

@@ -384,6 +384,11 @@ WORKERS = """
            (SELECT count(*) FROM session_leases l
              WHERE l.worker_id = w.worker_id AND l.expires_at > now()) AS sessions,
            (SELECT count(*) FROM messages m
-             WHERE m.worker_id = w.worker_id AND m.status IN ('running', 'typing', 'sending')) AS in_flight
+             WHERE m.worker_id = w.worker_id AND m.status IN ('running', 'typing', 'sending')) AS in_flight,
+           -- neonize opens a store pool per client, named `wmq-store:<instance>/<generation>`
+           -- (workers/transports/neonize/store.py): counted for the worker that holds the lease.
+           (SELECT count(*) FROM pg_stat_activity a JOIN session_leases l
+                ON l.instance_id::text = split_part(substr(a.application_name, 11), '/', 1)
+             WHERE a.application_name LIKE 'wmq-store:%%' AND l.worker_id = w.worker_id) AS store_connections
       FROM dramatiq.worker w ORDER BY w.heartbeat_at DESC
 """

@@ -15,10 +15,12 @@ stays `connecting`, its client, its store pool and its Go dial in place, as a co
 would be, without the open websocket's buffers, keepalives (one ping every ~20 s) or incoming
 traffic. Those are not measured: a live account adds them.
 
-A worker dials its sessions one at a time: each connect holds neonize's registry exclusively
-(workers/transports/neonize/registry.py) until its client's first event, or `CONNECT_GRACE`
-(3 s) without one, as here, where no event ever comes. "Dials/s" is that rate; with WhatsApp
-answering, a connect's first event comes after its handshake instead.
+A worker makes its sessions' registry writes one at a time: each connect holds neonize's
+registry exclusively (workers/transports/neonize/registry.py) until its dial reaches the worker's
+dial gate, and, once WhatsApp answers, shared until its first callback. Here nothing answers, so
+"Dials/s" is the rate of the writes alone (before issue 21 a connect held the registry until its
+first event or a 3 s grace, and that was the rate). The gate dials the proxy given here as
+`WHATSAPP_PROXY`.
 
 Per size, after every session has dialled (the proxy's count) and `settle` seconds more, over
 `idle` seconds:

@@ -44,15 +44,24 @@ def test_the_reach_out_time_lock_restricts_the_instance_with_its_reason_and_lift
     assert "lifted after a growing wait, or by a restart" in run_check("time_lock")
 
 
+def test_a_dial_that_is_never_answered_holds_no_other_connect_up() -> None:
+    assert "beside a dial that was never answered" in run_check("quiet_dial")
+
+
 def test_reads_share_writes_exclude_and_a_read_that_cannot_get_in_waits_without_an_attempt() -> None:
     lock = RegistryLock(lease=0.2, wait=0.3)
     connecting = lock.connecting()
     with pytest.raises(InstanceDisconnected, match="the message waits"):
         lock.read(lambda: "during the writes")
     assert lock.stats["reads_refused"] == 1
-    # The dial: other readers pass, a writer waits for the connect's own reads (first callback).
+    # The dial, unanswered: the client cannot reach its own reads, so a writer may write.
     connecting.dialed()
+    assert connecting.phase == "quiet"
     assert lock.read(lambda: "during the dial") == "during the dial"
+    assert lock.write(lambda: "beside an unanswered dial") == "beside an unanswered dial"
+    # WhatsApp answers: from then on a writer waits for the connect's own reads (first callback).
+    connecting.inbound()
+    assert connecting.phase == "active"
     stopped: list[float] = []
     stopper = threading.Thread(target=lambda: lock.write(lambda: stopped.append(time.monotonic())))
     stopper.start()
@@ -82,6 +91,23 @@ def test_reads_share_writes_exclude_and_a_read_that_cannot_get_in_waits_without_
     writing.join(5)
     assert not writing.is_alive(), "the writer waited past the hung call's lease"
     hung.set()
+
+
+def test_the_first_bytes_of_a_handshake_wait_for_a_connect_that_is_writing() -> None:
+    lock = RegistryLock(lease=0.2, wait=0.3)
+    first = lock.connecting()
+    first.dialed()
+    writing = lock.connecting()  # another connect writes neonize's maps
+    answered = threading.Thread(target=first.inbound)
+    answered.start()
+    time.sleep(0.1)
+    assert first.phase == "quiet", "WhatsApp's answer passed the gate during another connect's writes"
+    writing.dialed()
+    answered.join(5)
+    assert first.phase == "active"
+    for connect in (first, writing):
+        connect.returned()
+    assert lock.write(lambda: "free") == "free"
 
 
 def connect(port: int, token: str, target: str = "web.whatsapp.com:443") -> tuple[socket.socket, bytes]:

@@ -98,11 +98,14 @@ class FakeClient:
         self.stopped.clear()
         MAPS.write("Neonize", self.write_time)
         self.sock = self.dial(proxy.proxy_address)
-        if self.hang:
-            self.sock.settimeout(None)
-            self.sock.recv(1)  # until the gate cuts the tunnel
-            raise RuntimeError("failed to dial whatsapp web websocket: connection cut")
+        self.sock.settimeout(None)
         time.sleep(self.handshake)
+        self.sock.sendall(b"C")  # the handshake's first message (TLS speaks first from the client)
+        greeting = self.sock.recv(1)  # and WhatsApp's answer, which it needs to go on
+        if self.hang and greeting:
+            self.sock.recv(1)  # stuck mid-handshake, until the gate cuts the tunnel
+        if self.hang or not greeting:
+            raise RuntimeError("failed to dial whatsapp web websocket: connection cut")
         MAPS.read("CallbackFunction")
         registry.CONNECTS[self.uuid.decode()].alive()  # Go's first callback (event 0)
         self.push(ConnectedEv())
@@ -134,15 +137,25 @@ class FakeClient:
         self.stopped.set()
 
 
-def holding_server() -> tuple[str, int]:
-    """WhatsApp's side of a tunnel: accepts and keeps the connection open."""
+def holding_server(greet: bool = True) -> tuple[str, int]:
+    """WhatsApp's side of a tunnel: accepts, answers the handshake's first message (or, not
+    `greet`, nothing: a network that swallows the dial) and keeps the connection open."""
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
+
+    def answer(conn: socket.socket) -> None:
+        try:
+            if conn.recv(1):
+                conn.sendall(b"H")
+        except OSError:
+            pass
 
     def accept() -> None:
         while True:
             conn, _ = server.accept()
             held.append(conn)
+            if greet:
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
     return server.getsockname()
@@ -215,7 +228,7 @@ def storm() -> None:
     def hanging() -> bool:
         client = hung.client
         connecting = registry.CONNECTS.get(client.uuid.decode()) if client is not None else None
-        return hung.state == "connecting" and connecting is not None and connecting.phase == "dialing"
+        return hung.state == "connecting" and connecting is not None and connecting.phase == "active"
 
     wait_until(hanging, "the connect to hang", 10)
     hung.client_factory = FakeClient  # the restart's new client connects
@@ -237,6 +250,38 @@ def storm() -> None:
           f" {max(delays) * 1000:.0f} ms at worst after its session was up, longest exclusive hold"
           f" {REGISTRY.stats['longest_exclusive'] * 1000:.0f} ms, a restart during a hung connect held calls"
           f" {max(waits) * 1000:.0f} ms at worst")
+
+
+def quiet_dial() -> None:
+    """A dial that WhatsApp never answers (a network that swallows it) holds no other connect
+    up: until its first bytes come through the gate the client cannot reach its own map reads, so
+    the next session writes its maps and comes up while the first still hangs."""
+    from workers.transports.neonize.sessions import Session
+
+    quiet, answering = holding_server(greet=False), holding_server()
+    GATE.upstream = quiet
+    hung = Session(uuid.uuid4(), FakeStore(), JID, lambda *a: None,  # type: ignore[arg-type]
+                   announce_available=False, client_factory=lambda url, key, jid: FakeClient(url, key, jid, hang=True))
+    hung.start()
+
+    def swallowed() -> bool:
+        client = hung.client
+        connecting = registry.CONNECTS.get(client.uuid.decode()) if client is not None else None
+        return connecting is not None and connecting.phase == "quiet"
+
+    wait_until(swallowed, "the first dial to be swallowed")
+    GATE.upstream = answering
+    other = Session(uuid.uuid4(), FakeStore(), JID, lambda *a: None,  # type: ignore[arg-type]
+                    announce_available=False, client_factory=FakeClient)
+    started = time.monotonic()
+    other.start()
+    wait_until(lambda: other.connected, "the next session to connect beside a swallowed dial", 5)
+    took = time.monotonic() - started
+    assert hung.state == "connecting", hung.state
+    assert not MAPS.violations, MAPS.violations[:5]
+    for session in (hung, other):
+        session.stop(timeout=2)
+    print(f"quiet dial: the next session came up in {took * 1000:.0f} ms beside a dial that was never answered")
 
 
 def leases() -> None:

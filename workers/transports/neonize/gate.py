@@ -47,6 +47,8 @@ class Entry:
     on_dial: Callable[[], None]
     #: whatsmeow dialling again by itself (refused): the session reconnects on its own terms.
     on_redial: Callable[[], None]
+    #: WhatsApp's first bytes for the client are about to pass (registry.py `Connecting.inbound`).
+    on_inbound: Callable[[], None] = lambda: None
     dialed: bool = False
     closed: bool = False
     tunnels: set[socket.socket] = field(default_factory=set)
@@ -139,11 +141,15 @@ def open_upstream(host: str, port: int, proxy: str | None, timeout: float = UPST
     return conn
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _pump(source: socket.socket, sink: socket.socket, first: Callable[[], None] | None = None) -> None:
+    """Copy until either side ends; `first` runs before the first chunk is passed on."""
     try:
         while chunk := source.recv(CHUNK):
+            if first is not None:
+                first, call = None, first
+                call()
             sink.sendall(chunk)
-    except OSError:
+    except (OSError, TimeoutError):
         pass
     finally:
         for conn, how in ((sink, socket.SHUT_WR), (source, socket.SHUT_RD)):
@@ -174,7 +180,8 @@ class Gate:
             self._listener = listener
         return self._listener
 
-    def open(self, key: str, on_dial: Callable[[], None], on_redial: Callable[[], None]) -> str:
+    def open(self, key: str, on_dial: Callable[[], None], on_redial: Callable[[], None],
+             on_inbound: Callable[[], None] | None = None) -> str:
         """The proxy URL for the client `key`'s next connect (one dial)."""
         token = secrets.token_hex(16)
         with self._lock:
@@ -182,7 +189,7 @@ class Gate:
             old = self._tokens.pop(key, None)
             if old is not None:
                 self._entries.pop(old, None)
-            self._entries[token] = Entry(key, on_dial, on_redial)
+            self._entries[token] = Entry(key, on_dial, on_redial, on_inbound or (lambda: None))
             self._tokens[key] = token
         return f"http://{token}@127.0.0.1:{port}"
 
@@ -237,7 +244,8 @@ class Gate:
             entry.tunnels.update((conn, upstream))
             self.log.append((entry.key, "tunnel"))
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True, name="whatsapp-gate-in")
+        back = threading.Thread(target=_pump, args=(upstream, conn, entry.on_inbound), daemon=True,
+                                name="whatsapp-gate-in")
         back.start()
         _pump(conn, upstream)
         back.join()

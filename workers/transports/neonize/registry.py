@@ -15,9 +15,12 @@ connection. `Stop` reads, disconnects, and deletes. So:
   raises `InstanceDisconnected` (the head waits: no attempt is spent on another session's connect);
 - a connect (`Connecting`) holds the exclusive side from before `Neonize()` until its dial
   reaches this process's dial gate (gate.py): every write is done by then, in program order, and
-  nothing was waited for but the store. It then holds the shared side (other readers pass,
-  writers wait) until the client's first callback, which Go makes after its own reads, or until
-  `connect()` returns. The dial and the handshake hold nothing exclusive;
+  nothing was waited for but the store. It then holds nothing until WhatsApp's first bytes for
+  it pass the gate (without them the handshake cannot end, and the client cannot reach its own
+  map reads; the gate waits for a connect that is writing before it lets them through), and from
+  then the shared side (other readers pass, writers wait) until the client's first callback,
+  which Go makes after its own reads, or until `connect()` returns. A dial that is never answered
+  holds nobody up;
 - `Stop` holds the exclusive side, but only once its client has no dial of its own in progress
   (whatsmeow's `Disconnect` waits for the socket lock that a dial holds): the gate ends the
   client's tunnels first, and a connect still dialing is waited for outside the lock.
@@ -53,17 +56,20 @@ READ_WAIT = 6.0
 #: How long a stop waits, outside the lock, for a dial of its client to end (whatsmeow's own
 #: bounds: the websocket dial, then 20 s for the handshake's answer).
 DIAL_END_WAIT = 90.0
+#: How long WhatsApp's first bytes for a client wait at the gate for a connect's writes (the
+#: store's queries, bounded by its URL's 5 s `connect_timeout`) before its dial is cut.
+HANDSHAKE_WAIT = 30.0
 
 
 class Hold:
     """One hold of the lock, released once, by whichever comes first (the caller, a lease timer,
     a session's first callback)."""
 
-    def __init__(self, lock: RegistryLock, exclusive: bool) -> None:
+    def __init__(self, lock: RegistryLock, exclusive: bool, dialing: bool = False) -> None:
         self._lock = lock
         self._exclusive = exclusive
         self._released = False
-        self._dialing = False
+        self._dialing = dialing
         self._guard = threading.Lock()
 
     def release(self) -> None:
@@ -125,6 +131,16 @@ class RegistryLock:
             self._readers += 1
             self.stats["max_readers"] = max(self.stats["max_readers"], self._readers)
         return Hold(self, exclusive=False)
+
+    def _acquire_handshake(self, wait: float) -> Hold:
+        """A shared hold for a client whose handshake may now finish (WhatsApp's first bytes for
+        it are about to pass the gate): it waits for a writer, holding or waiting, to be done."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writer and not self._writers_waiting, wait):
+                raise TimeoutError(f"neonize's registry was being written for {wait:g}s")
+            self._readers += 1
+            self._dialing += 1
+        return Hold(self, exclusive=False, dialing=True)
 
     def _acquire_write(self) -> Hold:
         with self._cond:
@@ -189,13 +205,18 @@ class RegistryLock:
 
 class Connecting:
     """One `connect()` of one client through the lock: exclusive while neonize writes its maps,
-    shared while neonize's own reads after the handshake may run, nothing after.
+    shared while neonize's own reads after the handshake may run, nothing otherwise.
 
-    `dialed()`: the client's dial reached the gate (every write is done). `alive()`: Go made its
-    first callback (its own reads are done). `returned()`: `connect()` returned. Each event
-    moves the hold on; whichever comes first wins."""
+    `dialed()`: the client's dial reached the gate (every write is done); its hold goes down to
+    shared for the Go call made then, and is released once that is done: until WhatsApp answers
+    through the gate, the client cannot finish its handshake, so it cannot reach its own map
+    reads, and another connect may write (a dial that hangs unanswered holds nobody up).
+    `inbound()`: WhatsApp's first bytes for it are about to pass the gate: shared again (waiting
+    for a writer to be done first). `alive()`: Go made its first callback (its own reads are done).
+    `returned()`: `connect()` returned. Whichever comes first wins; each releases what is held."""
 
     def __init__(self, lock: RegistryLock) -> None:
+        self.lock = lock
         self.hold = lock._acquire_write()
         self.phase = "writing"
         self._ended = threading.Event()
@@ -208,12 +229,32 @@ class Connecting:
             if self.phase != "writing":
                 return
             self.hold.downgrade()
-            self.phase = "dialing"
+            self.phase = "dialed"
         if then is not None:
             try:
                 then()
             except Exception:
                 logger.exception("a call on a client's dial failed")
+        with self._guard:
+            if self.phase == "dialed":  # nothing from WhatsApp yet: nothing of Go's own can read
+                self.hold.release()
+                self.phase = "quiet"
+
+    def inbound(self, wait: float = HANDSHAKE_WAIT) -> None:
+        """WhatsApp's first bytes for this client are about to pass the gate: from here it may
+        finish its handshake and read neonize's maps on its own, so it holds the shared side until
+        its first callback (or `connect()` returning)."""
+        with self._guard:
+            if self.phase == "dialed":
+                self.phase = "active"  # still holding from the dial
+            if self.phase != "quiet":
+                return
+        hold = self.lock._acquire_handshake(wait)
+        with self._guard:
+            if self.phase == "quiet":
+                self.hold, self.phase = hold, "active"
+                return
+        hold.release()  # the connect ended meanwhile
 
     def alive(self) -> None:
         with self._guard:

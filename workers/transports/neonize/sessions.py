@@ -409,7 +409,7 @@ class Session:
         connecting = REGISTRY.connecting()
         CONNECTS[key] = connecting
         url = GATE.open(key, functools.partial(self._on_dial, client, connecting),
-                        functools.partial(self._on_redial, client))
+                        functools.partial(self._on_redial, client), connecting.inbound)
         try:
             client.connect(ProxySettings(proxy_address=url, no_media=True))
             # connect() returns when the client was stopped: it is not connected now.

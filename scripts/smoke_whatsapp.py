@@ -16,9 +16,16 @@ It needs WhatsApp's servers, so it cannot run in CI or on a machine without inte
 
     .venv/bin/python scripts/smoke_whatsapp.py 5511999999999 --dry-run
 
+After the samples, a backlog of five texts goes out while the session restarts after the second
+(a worker's restart under load): each waits, as the queue's head would, until the session is back,
+and they arrive in order, none skipped or repeated. With --cold-phone, one text goes to a number
+this account has never written to: if WhatsApp answers with its reach-out time-lock (463), the
+session shows `restricted` with the reason and the time of the next try, and the script says so.
+
 With --dry-run it needs neither: every message is built as above (the same samples, builders
 and send loop, the JID from the phone given), with a stand-in for WhatsApp's media upload, and
-described instead of sent. Nothing is connected, paired or stored. The test suite runs it.
+described instead of sent; the backlog runs against a stand-in session that restarts. Nothing is
+connected, paired or stored. The test suite runs it.
 """
 
 from __future__ import annotations
@@ -162,6 +169,53 @@ def pair(store: SqliteStore, phone: str | None) -> str:
     return str(outcome["jid"])
 
 
+BACKLOG = 5
+
+
+def send_backlog(send_one: Callable[[str], str], restart: Callable[[], None], wait: float = 120.0) -> list[str]:
+    """Five texts in order, the session restarted after the second: each waits while the session
+    is not connected (InstanceDisconnected: nothing was sent), as the queue's head would."""
+    from workers.transports.base import InstanceDisconnected
+
+    ids: list[str] = []
+    for n in range(1, BACKLOG + 1):
+        if n == 3:
+            print("backlog: restarting the session")
+            restart()
+        text = f"wmq smoke test: backlog {n}/{BACKLOG}"
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                ids.append(send_one(text))
+            except InstanceDisconnected as error:
+                if str(error).startswith("restricted:") or time.monotonic() > deadline:
+                    print(f"backlog {n}/{BACKLOG}: not sent: {error}")
+                    return ids
+                print(f"backlog {n}/{BACKLOG}: waiting ({error})")
+                time.sleep(1)
+                continue
+            print(f"backlog {n}/{BACKLOG}: sent, WhatsApp id {ids[-1]}")
+            break
+    return ids
+
+
+def dry_backlog() -> int:
+    """The backlog against a stand-in session that is down for a moment after its restart."""
+    from workers.transports.base import InstanceDisconnected
+
+    down_until = [0.0]
+
+    def send_one(text: str) -> str:
+        if time.monotonic() < down_until[0]:
+            raise InstanceDisconnected("connecting: the session is restarting")
+        return f"DRY-RUN-{text.rpartition(' ')[2]}"
+
+    def restart() -> None:
+        down_until[0] = time.monotonic() + 1.5
+
+    return 0 if len(send_backlog(send_one, restart, wait=10)) == BACKLOG else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phone", help="destination, digits with country code")
@@ -169,6 +223,8 @@ def main() -> int:
     parser.add_argument("--pair-phone", help="pair by phone code for this number instead of the QR code")
     parser.add_argument("--audio", help="an audio file for the voice note (default: a generated tone)")
     parser.add_argument("--video", help="a video file (default: a generated test pattern)")
+    parser.add_argument("--cold-phone", help="also send one text to a number this account never wrote to"
+                                             " (shows WhatsApp's reach-out time-lock, 463, if it is on)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build every message with a stand-in upload and send nothing: no phone, no network")
     args = parser.parse_args()
@@ -189,7 +245,8 @@ def main() -> int:
             message = build_message(kind, payload, upload=stand_in_upload, to=to)
             fields = ", ".join(field.name for field, _ in message.ListFields())
             return f"built {fields} ({message.ByteSize()} bytes), not sent, id DRY-RUN"
-        return 1 if send_all(samples, describe) else 0
+        failures = send_all(samples, describe)
+        return 1 if failures or dry_backlog() else 0
 
     from workers.transports.base import OutgoingMessage
     from workers.transports.neonize.sessions import Session
@@ -221,6 +278,18 @@ def main() -> int:
         return f"sent, WhatsApp id {transport.send(message)}"
 
     failures = send_all(samples, send)
+
+    def send_text(text: str, phone: str = args.phone) -> str:
+        return transport.send(OutgoingMessage(zaap_id=uuid.uuid4().hex, instance_id=instance_id, phone=phone,
+                                              message_type="text", payload={"message": text}))
+
+    if len(send_backlog(send_text, session.restart)) < BACKLOG:
+        failures += 1
+    if args.cold_phone:
+        try:
+            print(f"cold contact: sent, WhatsApp id {send_text('wmq smoke test: a new contact', args.cold_phone)}")
+        except Exception as error:  # a 463 says `restricted: …`, with the next try
+            print(f"cold contact: not sent: {error}; session {session.state}: {session.detail}")
     transport.close()
     session.stop()
     return 1 if failures else 0

@@ -339,6 +339,9 @@ def test_smoke_script_explains_itself(tmp_path: Path) -> None:
         "link": "extendedTextMessage", "audio": "audioMessage", "video": "videoMessage",
         "reaction": "reactionMessage",
     }, result.stdout
+    backlog = re.findall(r"^backlog (\d)/5: (sent|waiting)", result.stdout, re.MULTILINE)
+    assert [n for n, what in backlog if what == "sent"] == ["1", "2", "3", "4", "5"], result.stdout
+    assert ("3", "waiting") in backlog, "the third waited for the restarted session"
     uploads = re.findall(r"upload of (\d+) bytes as (\w+) \(stand-in\)", result.stdout)
     assert [kind for _, kind in uploads] == ["MediaImage", "MediaDocument", "MediaImage", "MediaAudio", "MediaVideo"]
     assert not store.exists(), "a dry run pairs nothing and stores no session"

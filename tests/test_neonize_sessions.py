@@ -41,7 +41,7 @@ def test_no_call_is_admitted_before_neonize_has_written_its_maps_on_a_slow_store
 
 
 def test_the_reach_out_time_lock_restricts_the_instance_with_its_reason_and_lifts_by_itself() -> None:
-    assert "lifted after a growing wait, or by a restart" in run_check("time_lock")
+    assert "lifted after a growing wait, or by a resume or a restart" in run_check("time_lock")
 
 
 def test_a_dial_that_is_never_answered_holds_no_other_connect_up() -> None:

@@ -315,6 +315,21 @@ def test_one_worker_holds_the_sessions_and_another_takes_over_when_it_dies(make_
     stack.wait_completed([flowing], timeout=30)
 
 
+def test_resuming_a_restricted_instance_asks_its_session_to_try_now(make_stack: Any) -> None:
+    """An instance restricted by WhatsApp's reach-out time-lock (463): `resume` asks the worker
+    holding its session to try the head now (the session's side: tests/whatsapp_session_checks.py
+    `time_lock`)."""
+    stack: Stack = make_stack()
+    real = stack.create_instance(transport="neonize")
+    wait_until(lambda: stack.one("SELECT connection_state FROM instances WHERE id = %s",
+                                 (real["id"],))["connection_state"] == "unpaired", 60, "the session to be held")
+    stack.all("UPDATE instances SET connection_state = 'restricted' WHERE id = %s RETURNING 1", (real["id"],))
+    answer = stack.http.post(f"{stack.base(real)}/resume")
+    assert answer.status_code == 200 and answer.json() == {"paused": False, "restricted": False}, answer.text
+    asked = stack.all("SELECT command, done_at FROM instance_commands WHERE instance_id = %s", (real["id"],))
+    assert [(r["command"], r["done_at"] is not None) for r in asked] == [("unrestrict", True)]
+
+
 def test_smoke_script_explains_itself(tmp_path: Path) -> None:
     """The real-phone smoke script says how to use it, and its --dry-run runs its own flow with
     no phone and no network: every message type through the transport's builders and its send

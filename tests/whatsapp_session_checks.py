@@ -547,12 +547,20 @@ def time_lock() -> None:
     except InstanceDisconnected:
         pass
     assert session.state == "restricted" and "(1 in a row" in (session.detail or ""), session.detail
+    session.lift_restriction()  # the API's resume: the head is tried now
+    assert session.connected and states[-1] == ("connected", None), states[-1]
+    try:
+        transport.send(text_message(instance_id, "to a new contact, again"))
+    except InstanceDisconnected:
+        pass
+    assert session.state == "restricted" and "(2 in a row" in (session.detail or ""), session.detail
     session.restart()
     wait_until(lambda: session.connected, "the restart to lift the restriction")
     assert session.restrictions == 0
     transport.close()
     session.stop(timeout=2)
-    print("time lock: restricted with its reason, sends held, lifted after a growing wait, or by a restart")
+    print("time lock: restricted with its reason, sends held, lifted after a growing wait, or by a resume or a"
+          " restart")
 
 
 if __name__ == "__main__":

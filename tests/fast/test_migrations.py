@@ -175,7 +175,8 @@ def test_webhook_urls_set_before_they_were_rows_are_carried_over(empty_database:
                         VALUES (%s, 'https://a.example/d', NULL, 'https://a.example/c', NULL, 's1'),
                                (%s, NULL, 'https://b.example/s', NULL, 'https://b.example/x', 's2')""",
                      (first, second))
-    assert migrate(empty_database) == ["015_webhook_urls.sql", "016_simulator_prepare.sql", "functions/"]
+    assert migrate(empty_database) == ["015_webhook_urls.sql", "016_simulator_prepare.sql",
+                                       "017_unrestrict_command.sql", "functions/"]
     with psycopg.connect(empty_database) as conn:
         rows = conn.execute("SELECT instance_id, event, url FROM instance_webhook_urls ORDER BY url").fetchall()
         assert rows == [(first, "connected", "https://a.example/c"), (first, "delivery", "https://a.example/d"),

@@ -18,7 +18,8 @@ from service.api.auth import authenticated
 from service.api.calls import call, core, json_object
 from service.api.schemas import ValidationError
 from service.api.shapes import iso, message_json, queue_entry
-from service.core import control, reads
+from service.core import control, reads, session_commands
+from service.core.errors import SessionCommandFailed
 
 
 async def list_queue(request: Request) -> Response:
@@ -93,6 +94,16 @@ async def pause_instance(request: Request) -> Response:
 
 
 async def resume_instance(request: Request) -> Response:
+    """Resume the queue; an instance `restricted` by WhatsApp's reach-out time-lock (463) is also
+    asked to try its head now rather than at the restriction's next try."""
     instance = await authenticated(request)
     await call(control.set_paused, core(request), instance.id, False)
-    return JSONResponse({"paused": False})
+    answer: dict[str, object] = {"paused": False}
+    status = await call(reads.connection, core(request), instance.id)
+    if status["connection_state"] == "restricted":
+        try:
+            await call(session_commands.ask, core(request), instance.id, "unrestrict")
+            answer["restricted"] = False
+        except SessionCommandFailed as error:  # it lifts by itself at its next try
+            answer.update(restricted=True, error=str(error))
+    return JSONResponse(answer)

@@ -180,5 +180,8 @@ class SessionManager(Background):
         if command == "restart":
             session.restart()
             return {"state": "restarting"}
+        if command == "unrestrict":
+            session.lift_restriction()
+            return {"state": session.state}
         raise ValueError(f"unknown command {command}")
 

@@ -552,6 +552,12 @@ class Session:
         if self.state == "restricted" and client is self.client and not self._stopping.is_set():
             self._set("connected")  # the waiting head goes at once
 
+    def lift_restriction(self) -> None:
+        """Try the head now (the API's resume): a restriction ends before its wait is over."""
+        if self._lift is not None:
+            self._lift.cancel()
+        self._lift_restriction(self.client)
+
     def delivered(self) -> None:
         """A send went through: a later time-lock starts its wait from the first step again."""
         self.restrictions = 0

@@ -48,6 +48,10 @@ def test_a_dial_that_is_never_answered_holds_no_other_connect_up() -> None:
     assert "beside a dial that was never answered" in run_check("quiet_dial")
 
 
+def test_a_late_stop_of_a_finished_connect_leaves_the_clients_next_connect_up() -> None:
+    assert "left the next one up" in run_check("stale_stop")
+
+
 def test_reads_share_writes_exclude_and_a_read_that_cannot_get_in_waits_without_an_attempt() -> None:
     lock = RegistryLock(lease=0.2, wait=0.3)
     connecting = lock.connecting()

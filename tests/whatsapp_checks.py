@@ -502,7 +502,7 @@ def session_events() -> None:
     assert instance.id in host.lease_round(judge=True), "the session is this worker's to record"
     seen: list[str] = []
     stopped: list[str] = []
-    sessions.stop_client = lambda client: stopped.append(client.uuid.decode())  # type: ignore[assignment]
+    sessions.stop_client = lambda client, **_: stopped.append(client.uuid.decode())  # type: ignore[assignment]
 
     def stops_waiting(found: Any) -> Any:  # what a session does from a thread of its own
         import time
@@ -536,7 +536,8 @@ def session_events() -> None:
     jid = "5511988887777:12@s.whatsapp.net"
     session = Session(instance.id, FakeStore(), jid, listener, on_receipt=host.receipt)  # type: ignore[arg-type]
     client = session.client
-    assert client is not None and client.uuid.decode() == f"{instance.id}/1"
+    assert client is not None and client.uuid.decode().startswith(f"{instance.id}/")
+    first_key = client.uuid.decode()
     announced: list[Any] = []
     client.send_presence = announced.append  # type: ignore[method-assign] # the network edge
 
@@ -576,7 +577,8 @@ def session_events() -> None:
     assert state()[0] == "outdated" and "upgrade neonize" in state()[1]
     session.restart()
     client = session.client
-    assert client is not None and client.uuid.decode() == f"{instance.id}/2"
+    assert client is not None and client.uuid.decode().startswith(f"{instance.id}/")
+    assert client.uuid.decode() != first_key, "a restart's client has a key of its own"
     client.send_presence = announced.append  # type: ignore[method-assign]
     push(client, TemporaryBanEv(Code=TemporaryBanEv.BLOCKED_BY_USERS, Expire=3600))
     assert state() == ("banned", "temporarily banned by WhatsApp (BLOCKED_BY_USERS); reconnects by itself in 3600s")
@@ -612,12 +614,14 @@ def session_events() -> None:
 
     banned._connect_once = connect_once  # type: ignore[method-assign]
     assert banned.client is not None
+    banned_key = banned.client.uuid.decode()
+    assert banned_key not in (first_key, client.uuid.decode()), "keys are unique in the process"
     push(banned.client, TemporaryBanEv(Code=TemporaryBanEv.SENT_TOO_MANY_SAME_MESSAGE, Expire=1))
     started = time.monotonic()
     banned.start()
     assert stops_waiting(lambda: reconnected), "the session did not reconnect when the ban expired"
     assert reconnected[0] - started >= 0.8, "reconnected before the ban expired"
-    assert banned.client is not None and banned.client.uuid.decode() == f"{instance.id}/2"
+    assert banned.client is not None and banned.client.uuid.decode() != banned_key, "a new client after the ban"
     release.set()
     banned._stopping.set()
 

@@ -284,6 +284,45 @@ def quiet_dial() -> None:
     print(f"quiet dial: the next session came up in {took * 1000:.0f} ms beside a dial that was never answered")
 
 
+def stale_stop() -> None:
+    """A stop meant for one connect never stops the client's next one: two events of a connect
+    each ask for its stop, the first ends it and the session reconnects with the same client, and
+    the second, late, finds that connect over and leaves the new one alone."""
+    from neonize.events import StreamErrorEv
+
+    from workers.transports.neonize.registry import stop_client
+    from workers.transports.neonize.sessions import Session
+
+    GATE.upstream = holding_server()
+    clients: list[FakeClient] = []
+
+    def factory(url: str, key: str, jid: Any) -> FakeClient:
+        clients.append(FakeClient(url, key, jid))
+        return clients[-1]
+
+    session = Session(uuid.uuid4(), FakeStore(), JID, lambda *a: None,  # type: ignore[arg-type]
+                      announce_available=False, client_factory=factory)
+    session.start()
+    wait_until(lambda: session.connected, "the first connect")
+    client = session.client
+    assert client is not None
+    key = client.uuid.decode()
+    first = registry.CONNECTS[key]
+    before = FakeClient.connects
+    client.push(StreamErrorEv(Code="503"))  # the first stop of that connect
+    wait_until(lambda: FakeClient.connects > before and session.connected and registry.CONNECTS.get(key)
+               not in (None, first), "the session to reconnect with the same client")
+    assert session.client is client and len(clients) == 1
+    second = registry.CONNECTS[key]
+    stop_client(client, connect=first)  # the late one
+    time.sleep(0.2)
+    assert registry.CONNECTS.get(key) is second and second.phase == "up" and not client.stopped.is_set(), \
+        "a late stop of a finished connect stopped the next one"
+    assert session.connected
+    session.stop(timeout=2)
+    print("stale stop: a late stop of a finished connect left the next one up")
+
+
 def leases() -> None:
     """Only the session's own loop reconnects, and only while this worker holds the lease's fence:
     whatsmeow's own reconnect is refused at the gate; a stale session ends itself; `replaced` while

@@ -87,7 +87,8 @@ class Deliverer:
                 whatsapp_id = self.transport.send(OutgoingMessage(
                     zaap_id=claim.zaap_id, instance_id=claim.instance_id, phone=claim.phone,
                     message_type=claim.message_type, payload=claim.payload,
-                    before_write=ClaimGuard(self.core, claim, self.worker_id, self.guard_bound),
+                    before_write=ClaimGuard(self.core, claim, self.worker_id, self.guard_bound,
+                                            retry_for=self.settings.message_queue_job_timeout / 3),
                 ))
         except InstanceDisconnected as error:
             counters.SNOOZED.labels(claim.message_type).inc()
@@ -129,9 +130,9 @@ class Deliverer:
         """Record the send; on a database error retry the bookkeeping (for as long as this
         process lives: it alone knows the WhatsApp id), never the send."""
         ctx = {**claim.log_context(), "whatsapp_message_id": whatsapp_id}
-        recorded = persist("the send",
-                           lambda: transitions.complete(self.core, claim.zaap_id, self.worker_id, whatsapp_id),
-                           ctx, deadline=None)
+        recorded = persist("the send", lambda: transitions.complete(
+            self.core, claim.zaap_id, self.worker_id, whatsapp_id, dispatch_id=claim.dispatch_id),
+            ctx, deadline=None)
         if not recorded:
             logger.warning("message sent but no longer ours to complete", extra=ctx)
             return None
@@ -160,17 +161,17 @@ class Deliverer:
             error.late.add_done_callback(lambda call: self._late_answer(claim, call, until))
 
     def _late_answer(self, claim: Claimed, call: Future[str], until: float) -> None:
-        """The abandoned call returned (on its own thread): an id completes the message, if it came
-        before the resend could start; an error changes nothing (the retry comes as recorded)."""
+        """The abandoned call returned (on its own thread): an id completes the message unless its
+        retry has been claimed meanwhile (`wmq_complete` under the claim's dispatch: the database
+        says, not this clock); an error changes nothing (the retry comes as recorded)."""
         ctx = claim.log_context()
         if call.cancelled() or call.exception() is not None:
             logger.info("the abandoned call failed late; the retry stands", extra={
                 **ctx, "error": str(call.exception()) if not call.cancelled() else "cancelled"})
             return
         if time.monotonic() > until:
-            logger.warning("the abandoned call answered after its bound: the message may have gone twice",
-                           extra={**ctx, "whatsapp_message_id": call.result()})
-            return
+            logger.warning("the abandoned call answered after its bound", extra={
+                **ctx, "whatsapp_message_id": call.result()})
         threading.Thread(target=self._complete, args=(claim, call.result()), daemon=True,
                          name=f"late-{claim.zaap_id}").start()
 

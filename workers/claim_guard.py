@@ -47,11 +47,15 @@ def guard_bound(settings: Settings) -> float:
 class ClaimGuard:
     """`before_write` for one claimed send."""
 
-    def __init__(self, core: Core, claim: Claimed, worker_id: UUID, bound: float) -> None:
+    def __init__(self, core: Core, claim: Claimed, worker_id: UUID, bound: float,
+                 retry_for: float = CHECK_RETRY_SECONDS) -> None:
         self.core = core
         self.claim = claim
         self.worker_id = worker_id
         self.bound = bound
+        #: How long a check meeting database errors is retried: well within the job timeout, so
+        #: that a send whose check could not be made waits rather than timing out as uncertain.
+        self.retry_for = retry_for
         #: The last time the claim was known to hold: this process's clock, the database's.
         self.checked_at = claim.claimed_at
         self.checked_db_at = claim.claimed_db_at
@@ -63,7 +67,7 @@ class ClaimGuard:
             return self._deadline()
         asked_at = time.monotonic()
         ctx = self.claim.log_context()
-        held = persist("the claim check", self._check, ctx, time.monotonic() + CHECK_RETRY_SECONDS)
+        held = persist("the claim check", self._check, ctx, time.monotonic() + self.retry_for)
         if held is None:
             raise InstanceDisconnected("could not check that the message is still this worker's; nothing was sent")
         if held is False:

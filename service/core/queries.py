@@ -89,7 +89,8 @@ CLAIM_HOLDS = "SELECT wmq_claim_holds(%(zaap_id)s, %(worker_id)s, %(dispatch_id)
 START_TYPING = "SELECT wmq_start_typing(%(zaap_id)s, %(worker_id)s, %(queue)s, %(actor)s) AS ok"
 
 COMPLETE = """
-    SELECT wmq_complete(%(zaap_id)s, %(worker_id)s, %(whatsapp_id)s, %(queue)s, %(actor)s) AS ok
+    SELECT wmq_complete(%(zaap_id)s, %(worker_id)s, %(whatsapp_id)s, %(queue)s, %(actor)s,
+                        %(dispatch_id)s) AS ok
 """
 
 FAIL = """

@@ -35,10 +35,12 @@ def start_typing(core: Core, zaap_id: str, worker_id: UUID) -> bool:
     return bool(row and row["ok"])
 
 
-def complete(core: Core, zaap_id: str, worker_id: UUID, whatsapp_id: str) -> bool:
-    """The send went out: record it, settle its broker message, dispatch the next head."""
+def complete(core: Core, zaap_id: str, worker_id: UUID, whatsapp_id: str, dispatch_id: UUID | None = None) -> bool:
+    """The send went out: record it, settle its broker message, dispatch the next head. With the
+    claim's `dispatch_id`, a message this worker is sending again under another dispatch (its
+    retry, claimed since) is not completed by the earlier call's answer."""
     row = core.one(queries.COMPLETE, zaap_id=zaap_id, worker_id=worker_id, whatsapp_id=whatsapp_id,
-                   **core.route.params())
+                   dispatch_id=dispatch_id, **core.route.params())
     return bool(row and row["ok"])
 
 

@@ -131,3 +131,18 @@ def test_a_late_answer_completes_a_message_left_retryable(core: Core) -> None:
     assert transitions.complete(core, zaap, holder, "WA-LATE")
     row = message(core, zaap)
     assert (row["status"], row["whatsapp_message_id"], row["attempts"]) == ("completed", "WA-LATE", 1)
+
+
+def test_a_late_answer_does_not_complete_a_retry_claimed_since(core: Core) -> None:
+    """The earlier call's id arrives while this worker is sending the retry under a new dispatch:
+    that send is under way, and its own completion records it."""
+    holder = worker(core)
+    zaap = enqueue(core, instance(core))
+    first = claimed(core, zaap, holder)
+    assert transitions.fail(core, zaap, holder, "uncertain: no answer", permanent=False, backoff=0) == "retryable"
+    retry = claimed(core, zaap, holder)
+    assert retry.dispatch_id != first.dispatch_id
+    assert not transitions.complete(core, zaap, holder, "WA-LATE", dispatch_id=first.dispatch_id)
+    assert message(core, zaap)["status"] == "sending"
+    assert transitions.complete(core, zaap, holder, "WA-RETRY", dispatch_id=retry.dispatch_id)
+    assert message(core, zaap)["whatsapp_message_id"] == "WA-RETRY"

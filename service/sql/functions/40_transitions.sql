@@ -115,9 +115,11 @@ $$;
 -- A completion is accepted from the worker that claimed the send even after a rescue it did not
 -- deserve (it was taken for dead while the database was away, or while it stood still), as long
 -- as no other worker has claimed the message since: the rescue's dispatch is withdrawn, and the
--- message is sent once. Returns false when the message is no longer this worker's to complete.
+-- message is sent once. With `p_dispatch` (the claim's), a message this worker is sending again
+-- under another dispatch (its retry, claimed since the call that answers now) is not completed:
+-- that send is under way. Returns false when the message is no longer this worker's to complete.
 CREATE FUNCTION wmq_complete(
-    p_zaap text, p_worker uuid, p_whatsapp_id text, p_queue text, p_actor text)
+    p_zaap text, p_worker uuid, p_whatsapp_id text, p_queue text, p_actor text, p_dispatch uuid DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -132,6 +134,7 @@ BEGIN
     -- worker records that worker).
     SELECT status, dispatch_id INTO v_status, v_dispatch FROM messages
      WHERE zaap_id = p_zaap AND worker_id = p_worker AND status IN ('sending', 'retryable', 'discarded')
+       AND (p_dispatch IS NULL OR status <> 'sending' OR dispatch_id = p_dispatch)
        AND wmq_lease_ok(instance_id, p_worker);
     IF NOT FOUND THEN
         RETURN false;

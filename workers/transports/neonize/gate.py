@@ -23,6 +23,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class Entry:
     on_redial: Callable[[], None]
     #: WhatsApp's first bytes for the client are about to pass (registry.py `Connecting.inbound`).
     on_inbound: Callable[[], None] = lambda: None
+    #: The connect the entry is for (registry.py `Connecting`): a stop of that connect closes it only.
+    tag: object = None
     dialed: bool = False
     closed: bool = False
     tunnels: set[socket.socket] = field(default_factory=set)
@@ -181,7 +184,7 @@ class Gate:
         return self._listener
 
     def open(self, key: str, on_dial: Callable[[], None], on_redial: Callable[[], None],
-             on_inbound: Callable[[], None] | None = None) -> str:
+             on_inbound: Callable[[], None] | None = None, tag: object = None) -> str:
         """The proxy URL for the client `key`'s next connect (one dial)."""
         token = secrets.token_hex(16)
         with self._lock:
@@ -189,15 +192,16 @@ class Gate:
             old = self._tokens.pop(key, None)
             if old is not None:
                 self._entries.pop(old, None)
-            self._entries[token] = Entry(key, on_dial, on_redial, on_inbound or (lambda: None))
+            self._entries[token] = Entry(key, on_dial, on_redial, on_inbound or (lambda: None), tag)
             self._tokens[key] = token
         return f"http://{token}@127.0.0.1:{port}"
 
-    def close(self, key: str) -> None:
-        """Refuse the client's dials from now on and cut its tunnels."""
+    def close(self, key: str, tag: object = None) -> None:
+        """Refuse the client's dials from now on and cut its tunnels (with `tag`: only if its
+        current entry is that connect's)."""
         with self._lock:
             entry = self._entries.get(self._tokens.get(key, ""))
-            if entry is None:
+            if entry is None or (tag is not None and entry.tag is not tag):
                 return
             entry.closed = True
             tunnels = list(entry.tunnels)
@@ -212,9 +216,18 @@ class Gate:
             self._entries.pop(self._tokens.pop(key, ""), None)
 
     def _accept(self, listener: socket.socket) -> None:
+        """Serve each dial in a thread; a failure to accept or to start one (out of descriptors or
+        threads) refuses that dial only, never the ones after it."""
         while True:
-            conn, _ = listener.accept()
-            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="whatsapp-gate-dial").start()
+            conn: socket.socket | None = None
+            try:
+                conn, _ = listener.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True, name="whatsapp-gate-dial").start()
+            except (OSError, RuntimeError):
+                logger.exception("the dial gate could not take a dial")
+                if conn is not None:
+                    conn.close()
+                time.sleep(0.1)
 
     def _serve(self, conn: socket.socket) -> None:
         entry: Entry | None = None
@@ -243,16 +256,20 @@ class Gate:
                 return
             entry.tunnels.update((conn, upstream))
             self.log.append((entry.key, "tunnel"))
-        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        back = threading.Thread(target=_pump, args=(upstream, conn, entry.on_inbound), daemon=True,
-                                name="whatsapp-gate-in")
-        back.start()
-        _pump(conn, upstream)
-        back.join()
-        with self._lock:
-            entry.tunnels.difference_update((conn, upstream))
-        conn.close()
-        upstream.close()
+        try:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            back = threading.Thread(target=_pump, args=(upstream, conn, entry.on_inbound), daemon=True,
+                                    name="whatsapp-gate-in")
+            back.start()
+            _pump(conn, upstream)
+            back.join()
+        except (OSError, RuntimeError):
+            pass  # cut by a stop, or no thread to relay with: the client's connect fails
+        finally:
+            with self._lock:
+                entry.tunnels.difference_update((conn, upstream))
+            conn.close()
+            upstream.close()
 
     def _admit(self, token: str) -> Entry:
         """The client's first dial goes on (its connect says whether); any later one is refused."""

@@ -32,6 +32,7 @@ dial can start while a writer waits, and once they are over reads wait for it).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -183,11 +184,13 @@ class RegistryLock:
     def read(self, call: Callable[[], T]) -> T:
         """Run a Go call that looks its client up, holding the shared side for the lease."""
         hold = self._acquire_read()
-        timer = hold.release_after(self.lease)
         try:
-            return call()
+            timer = hold.release_after(self.lease)
+            try:
+                return call()
+            finally:
+                timer.cancel()
         finally:
-            timer.cancel()
             hold.release()
 
     def write(self, call: Callable[[], T]) -> T:
@@ -307,21 +310,40 @@ def new_client(store_url: str, key: str, jid: JID | None) -> NewClient:
     return client
 
 
-def stop_client(client: Any, *, dial_end_wait: float = DIAL_END_WAIT) -> None:
+def stop_client(client: Any, *, connect: Connecting | None = None, dial_end_wait: float = DIAL_END_WAIT) -> None:
     """Stop a client, never while a dial of its own holds whatsmeow's socket lock: its tunnels are
-    cut (gate.py), and a connect still dialing is waited for outside the lock."""
+    cut (gate.py), and a connect still dialing is waited for outside the lock. With `connect`,
+    only that connect of the client (an event's): a session reuses its client for its next
+    connect, which an event of the previous one must not stop."""
     from workers.transports.neonize.gate import GATE
 
     key = client.uuid.decode()
-    GATE.close(key)
-    connecting = CONNECTS.get(key)
+    if connect is not None and CONNECTS.get(key) is not connect:
+        return  # over, and a later connect of this client has begun
+    GATE.close(key, connect)
+    connecting = connect or CONNECTS.get(key)
     if connecting is not None and not connecting.wait_dial_end(dial_end_wait):
         logger.error("a WhatsApp client's dial did not end: it is left running", extra={"client": key})
         return
-    REGISTRY.write(client.stop)
-    if CONNECTS.get(key) is connecting:
+
+    def stop() -> None:
+        # Under the exclusive side, which a new connect of this client takes before it registers:
+        # the connect seen here is the one whose maps `Stop` deletes.
+        current = CONNECTS.get(key)
+        if connect is not None and current is not connect:
+            return
+        client.stop()
         CONNECTS.pop(key, None)
+        GATE.forget(key)
+
+    REGISTRY.write(stop)
 
 
-def client_key(instance_id: UUID, generation: int) -> str:
-    return f"{instance_id}/{generation}"
+#: Client keys are unique in the process, over every session it ever held: a session made again
+#: for the same instance (its lease came back) must not share a key with its predecessor's client,
+#: whose late stop would cancel the new one in neonize's maps.
+_GENERATIONS = itertools.count(1)
+
+
+def client_key(instance_id: UUID) -> str:
+    return f"{instance_id}/{next(_GENERATIONS)}"

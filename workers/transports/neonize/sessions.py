@@ -184,8 +184,8 @@ class Session:
                       jid=None)
         if self.jid is None:
             return None
+        key = client_key(self.instance_id)
         self.generation += 1
-        key = client_key(self.instance_id, self.generation)
         client = self.client_factory(self.store.url(key), key, parse_jid(self.jid))
         event = client.event
         for kind, handler in (
@@ -226,12 +226,15 @@ class Session:
         except Exception:  # never let a database error reach the Go callback
             logger.exception("could not record the session state", extra={"instance_id": str(self.instance_id)})
 
-    def _drop_connection(self) -> None:
-        """whatsmeow does not reconnect after this event: end the connect, and the loop makes a
-        new one after its backoff (or waits, for a terminal state)."""
+    def _drop_connection(self, connect: Connecting | None = None) -> None:
+        """whatsmeow does not reconnect after this event: end the connect (the one under way now,
+        or `connect`; never a later one of the same client), and the loop makes a new one after
+        its backoff (or waits, for a terminal state)."""
         client = self.client
         if client is not None:
-            threading.Thread(target=stop_client, args=(client,), daemon=True).start()
+            connect = connect or CONNECTS.get(client.uuid.decode())
+            threading.Thread(target=stop_client, args=(client,), kwargs={"connect": connect} if connect else {},
+                             daemon=True).start()
         self._wake.set()
 
     def _on_connected(self, client: NewClient, event: ConnectedEv) -> None:
@@ -404,16 +407,17 @@ class Session:
         assert client is not None
         key = client.uuid.decode()
         self._set("connecting")
-        # Exclusive until the dial reaches the gate (neonize's map writes are done by then), shared
-        # until Go's first callback (its own reads are done by then): registry.py.
+        # Exclusive until the dial reaches the gate (neonize's map writes are done by then); once
+        # WhatsApp answers, shared until Go's first callback (its own reads are done): registry.py.
         connecting = REGISTRY.connecting()
-        CONNECTS[key] = connecting
-        url = GATE.open(key, functools.partial(self._on_dial, client, connecting),
-                        functools.partial(self._on_redial, client), connecting.inbound)
         try:
+            CONNECTS[key] = connecting
+            url = GATE.open(key, functools.partial(self._on_dial, client, connecting),
+                            functools.partial(self._on_redial, client, connecting), connecting.inbound,
+                            tag=connecting)
             client.connect(ProxySettings(proxy_address=url, no_media=True))
             # connect() returns when the client was stopped: it is not connected now.
-            if self.state in ("connected", "connecting"):
+            if self.state in ("connected", "connecting", "restricted"):
                 self._set("disconnected", "connection closed")
         except Exception as error:
             self._set("disconnected", str(map_error(error)))
@@ -431,13 +435,13 @@ class Session:
         if self._stopping.is_set() or client is not self.client:
             raise GateRefused("the session was stopped or restarted")
 
-    def _on_redial(self, client: NewClient) -> None:
+    def _on_redial(self, client: NewClient, connecting: Connecting) -> None:
         """whatsmeow tried to reconnect by itself (refused): end this connect; the loop makes the
         next one, once it has checked the lease."""
         if client is self.client and not self._stopping.is_set():
             logger.info("whatsmeow reconnects by itself: reconnecting through the session",
                         extra={"instance_id": str(self.instance_id)})
-            self._drop_connection()
+            self._drop_connection(connecting)
 
     # -- pairing ----------------------------------------------------------------------------------
 
@@ -457,8 +461,8 @@ class Session:
             self._attempts += 1
             self._pair_phone, self._pair_code, self._pair_failure = phone, None, None
             self._pair_answered.clear()
+            key = client_key(self.instance_id)
             self.generation += 1
-            key = client_key(self.instance_id, self.generation)
             self.pairing = PairingAttempt(
                 store_url=self.store.url(key), key=key, phone=phone,
                 proxy=self.proxy, deadline=self.pairing_deadline, command=self.pairing_command,

@@ -204,12 +204,16 @@ class NeonizeTransport:
         try:
             return future.result(timeout=self.timeout)
         except CallTimeout:
-            if future.cancel():  # it never started (hung calls hold every helper): nothing was sent
-                raise RetryableSendError(f"no free connection to WhatsApp within {self.timeout:g}s") from None
+            if future.cancel():  # it never started (hung calls hold every helper): nothing was sent, it waits
+                raise InstanceDisconnected(f"no free connection to WhatsApp within {self.timeout:g}s"
+                                           " (earlier calls are hung)") from None
             now = time.monotonic()
             until = (started[0] if started else now) + self.call_bound
             with self._lock:
-                self.abandoned[instance_id] = Abandoned(future, client, until)
+                current = self.abandoned.get(instance_id)
+                # A message's frame outranks a presence or an upload: the instance waits for it.
+                if sending or current is None or current.future.done():
+                    self.abandoned[instance_id] = Abandoned(future, client, until)
             future.add_done_callback(lambda f: self._returned_late(instance_id, f))
             reason = f"WhatsApp did not answer within {self.timeout:g}s"
             if on_timeout is UncertainSendError:

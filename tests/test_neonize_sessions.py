@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.gate_client import proxy_connect as connect
 from tests.stack import ROOT
 from workers.transports.base import InstanceDisconnected
 from workers.transports.neonize.gate import Gate, GateRefused, open_upstream, parse_connect
@@ -109,22 +110,9 @@ def test_the_first_bytes_of_a_handshake_wait_for_a_connect_that_is_writing() -> 
     writing.dialed()
     answered.join(5)
     assert first.phase == "active"
-    for connect in (first, writing):
-        connect.returned()
+    for connecting in (first, writing):
+        connecting.returned()
     assert lock.write(lambda: "free") == "free"
-
-
-def connect(port: int, token: str, target: str = "web.whatsapp.com:443") -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    auth = base64.b64encode(f"{token}:".encode()).decode()
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(1024)
-        if not chunk:
-            break
-        answer += chunk
-    return sock, answer
 
 
 def echo_server() -> tuple[str, int]:

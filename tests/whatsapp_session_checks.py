@@ -8,7 +8,6 @@ pytest's). Each check asserts, prints its result and exits 0.
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import socket
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 from neonize.events import ConnectedEv, ConnectFailureEv, StreamReplacedEv
 from neonize.proto.Neonize_pb2 import ConnectFailureReason
 
+from tests.gate_client import proxy_connect
 from tests.whatsapp_checks import FakeStore
 from workers.transports.base import InstanceDisconnected, RetryableSendError
 from workers.transports.neonize import registry
@@ -113,15 +113,8 @@ class FakeClient:
 
     def dial(self, proxy_address: str) -> socket.socket:
         parts = urlsplit(proxy_address)
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
-        token = base64.b64encode(f"{parts.username}:".encode()).decode()
-        sock.sendall(f"CONNECT web.whatsapp.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(1024)
-            if not chunk:
-                break
-            answer += chunk
+        assert parts.port is not None and parts.username is not None
+        sock, answer = proxy_connect(parts.port, parts.username)
         if b" 200 " not in answer.split(b"\r\n", 1)[0]:
             sock.close()
             raise RuntimeError(f"failed to dial whatsapp web websocket: {answer[:60]!r}")

@@ -131,8 +131,8 @@ SEND_ERRORS = [
     ("server returned error 479", RetryableSendError),
     ("server returned error 418", RetryableSendError),  # a refusal we have no row for
     ("server returned error 463", ReachOutTimeLock),  # the reach-out time-lock: the head waits
-    ("server returned error 500", RetryableSendError),
-    ("server returned error 503", RetryableSendError),
+    ("server returned error 500", UncertainSendError),  # the server failed holding it: it may have gone on
+    ("server returned error 503", UncertainSendError),
     # Refused before delivery; may pass later.
     ("failed to get device list: info query timed out", RetryableSendError),
     ("failed to get user info for 1@s.whatsapp.net to fill LID cache: info query returned status 429: "
@@ -177,6 +177,7 @@ def test_the_reach_out_time_lock_makes_the_head_wait_with_its_reason() -> None:
     ("message", "kind"),
     [
         # Outside the send call (presence, upload, connect) no message frame was in flight.
+        ("server returned error 500", RetryableSendError),
         ("websocket not connected", InstanceDisconnected),
         ("timed out waiting for message send response", RetryableSendError),
         ("something nobody has seen before", RetryableSendError),

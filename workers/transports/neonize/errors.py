@@ -78,7 +78,9 @@ REFUSALS: dict[int | str, tuple[type[TransportError], str]] = {
     479: (RetryableSendError, "WhatsApp refused the message (479), an intermittent refusal"),
     # Any other refusal: nothing was delivered, so a few tries before the discard cost nothing.
     "4xx": (RetryableSendError, "WhatsApp refused the message"),
-    "5xx": (RetryableSendError, "WhatsApp's server failed to take the message"),
+    # The server failed while it held the message: whether it went on cannot be told, so answered
+    # to the frame it is uncertain (MESSAGE_QUEUE_RESEND_UNCERTAIN decides); elsewhere retryable.
+    "5xx": (UncertainSendError, "WhatsApp's server failed while taking the message"),
 }
 
 
@@ -102,6 +104,8 @@ def map_error(error: BaseException, *, sending: bool = False) -> TransportError:
     refused = refusal(message)
     if refused:
         kind, reason = refused
+        if kind is UncertainSendError and not sending:
+            kind = RetryableSendError  # no message frame of ours was in flight
         return kind(f"{reason} ({text})")
     for pattern, kind in ERROR_TABLE:
         if pattern.search(message):

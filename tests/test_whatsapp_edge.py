@@ -27,7 +27,7 @@ from workers.transports.neonize.errors import REACH_OUT_TIME_LOCK, REFUSALS, Rea
 from workers.transports.neonize.media import fetch_media
 from workers.transports.neonize.numbers import brazil_variants
 from workers.transports.neonize.registry import RegistryLock
-from workers.transports.neonize.store import StoreError, check_schema, store_connection_count, store_url
+from workers.transports.neonize.store import StoreError, check_schema, store_url
 
 #: The modules that load neonize's Go library on import: the worker imports them only once a
 #: `neonize` instance exists, and the tests only in subprocesses.
@@ -324,17 +324,3 @@ def test_the_go_registry_lock_keeps_reads_off_a_connect_and_never_waits_on_a_hun
 )
 def test_brazilian_mobiles_have_a_form_with_and_without_the_ninth_digit(phone: str, variants: list[str]) -> None:
     assert brazil_variants(phone) == variants
-
-
-def test_a_workers_store_connections_are_counted_by_their_clients_keys(database_url: str) -> None:
-    """neonize opens a store pool per connect (about 2 connections per live client): the manager
-    counts those of its own clients by their application_name (README's connection sizing)."""
-    mine = [psycopg.connect(database_url, application_name=f"wmq-store:i/{n}") for n in (1, 1, 2)]
-    other = psycopg.connect(database_url, application_name="wmq-store:j/1")
-    try:
-        assert store_connection_count(database_url, ["i/1", "i/2"]) == 3
-        assert store_connection_count(database_url, ["i/1"]) == 2
-        assert store_connection_count(database_url, ["k/1"]) == 0
-    finally:
-        for conn in [*mine, other]:
-            conn.close()

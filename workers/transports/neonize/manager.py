@@ -21,7 +21,7 @@ from service.settings import Settings
 from workers.background import Background, Connection
 from workers.transports.base import SessionHost
 from workers.transports.neonize import IMPORT_LOCK, bottag
-from workers.transports.neonize.store import Store, StoreError, init_store, store_connection_count
+from workers.transports.neonize.store import Store, StoreError, init_store
 
 if TYPE_CHECKING:
     from workers.transports.neonize.sessions import Session
@@ -126,12 +126,6 @@ class SessionManager(Background):
         """Asked by the session before each connect: this worker still holds the instance's lease,
         with the fence its session started under (another worker took it over meanwhile if not)."""
         return lambda: self.owner and self.host.lease_fence(instance_id) == fence
-
-    def store_connections(self) -> int:
-        """The session store's connections this worker's live clients hold (neonize opens a pool
-        per connect: about 2 each), counted in pg_stat_activity by their application_name."""
-        keys = [s.client.uuid.decode() for s in list(self.sessions.values()) if s.client is not None]
-        return store_connection_count(self.database_url, keys) if keys else 0
 
     def _open_store(self, rows: dict[UUID, str | None]) -> bool:
         """Load the Go library and create the store's tables; a store that cannot be used is every

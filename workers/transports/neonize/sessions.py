@@ -152,7 +152,6 @@ class Session:
         #: Reach-out time-locks (463) in a row, and the timer that lifts the current one.
         self.restrictions = 0
         self._lift: threading.Timer | None = None
-        self.generation = 0
         self._was_connected = False
         self.state = "disconnected"
         self.detail: str | None = None
@@ -185,7 +184,6 @@ class Session:
         if self.jid is None:
             return None
         key = client_key(self.instance_id)
-        self.generation += 1
         client = self.client_factory(self.store.url(key), key, parse_jid(self.jid))
         event = client.event
         for kind, handler in (
@@ -462,7 +460,6 @@ class Session:
             self._pair_phone, self._pair_code, self._pair_failure = phone, None, None
             self._pair_answered.clear()
             key = client_key(self.instance_id)
-            self.generation += 1
             self.pairing = PairingAttempt(
                 store_url=self.store.url(key), key=key, phone=phone,
                 proxy=self.proxy, deadline=self.pairing_deadline, command=self.pairing_command,

@@ -106,15 +106,6 @@ def release_connections(database_url: str, key: str) -> int:
     return len(rows)
 
 
-def store_connection_count(database_url: str, keys: list[str]) -> int:
-    """How many store connections the clients `keys` hold now (neonize's pool per connect)."""
-    names = [f"{APPLICATION_PREFIX}{key}"[:63] for key in keys]
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)",
-                           (names,)).fetchone()
-    return int(row[0]) if row else 0
-
-
 @dataclass(frozen=True)
 class Store:
     """The session store as a session uses it."""

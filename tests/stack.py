@@ -66,6 +66,17 @@ def wait_until(condition: Callable[[], T], timeout: float, message: str = "condi
         time.sleep(interval)
 
 
+def run_child_check(module: str, *args: str, timeout: float = 120, **env: str) -> str:
+    """Run `python -m tests.<module> <args>` from this checkout and return what it printed; fail
+    with its output unless it exits 0. Checks that load neonize's Go library run so: a Go panic
+    ends the child, never pytest."""
+    result = subprocess.run([sys.executable, "-m", f"tests.{module}", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, **env})
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    print(result.stdout)  # what it measured, for -s
+    return result.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

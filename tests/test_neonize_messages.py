@@ -6,20 +6,13 @@ the per-worker media budget. The builders load neonize's Go library, so each che
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.stack import ROOT
+from tests.stack import run_child_check
 
 
 def run_fix(name: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tests.whatsapp_checks", "message_fixes", name], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    return result.stdout
+    return run_child_check("whatsapp_checks", "message_fixes", name)
 
 
 @pytest.mark.parametrize(("name", "said"), [

@@ -5,28 +5,21 @@ dial gate here (no Go library), and the checks that load it in subprocesses
 from __future__ import annotations
 
 import base64
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from tests.gate_client import proxy_connect as connect
-from tests.stack import ROOT
+from tests.stack import run_child_check
 from workers.transports.base import InstanceDisconnected
 from workers.transports.neonize.gate import Gate, GateRefused, open_upstream, parse_connect
 from workers.transports.neonize.registry import RegistryLock
 
 
 def run_check(name: str, **env: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tests.whatsapp_session_checks", name], cwd=ROOT,
-                            capture_output=True, text=True, timeout=240, env={**os.environ, **env})
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    print(result.stdout)  # the measured numbers, for -s
-    return result.stdout
+    return run_child_check("whatsapp_session_checks", name, timeout=240, **env)
 
 
 def test_a_connect_storm_spends_no_attempt_and_each_backlog_goes_when_its_session_is_up() -> None:

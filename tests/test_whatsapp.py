@@ -18,15 +18,12 @@ import psycopg
 import pytest
 
 from service.core import maintenance
-from tests.stack import ROOT, Stack, wait_until
+from tests.stack import ROOT, Stack, run_child_check, wait_until
 from tests.whatsmeow_rows import insert_device
 
 
 def run_check(name: str, **env: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tests.whatsapp_checks", name], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, **env})
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    return result.stdout
+    return run_child_check("whatsapp_checks", name, **env)
 
 
 def test_every_message_type_builds_the_whatsapp_message_field_by_field() -> None:

@@ -20,6 +20,7 @@ from neonize.events import EVENT_TO_INT, ConnectedEv, DisconnectedEv, LoggedOutE
 from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason, UploadResponse
 from neonize.utils.enum import MediaType
 
+from tests.stack import wait_until
 from workers.transports.base import InstanceDisconnected, OutgoingMessage, PermanentSendError
 from workers.transports.neonize.messages import build_message
 
@@ -408,7 +409,7 @@ def media_budget() -> None:
     threads = [threading.Thread(target=send, args=(1_400_000,)) for _ in range(6)]
     for thread in threads:
         thread.start()
-    waiting_until(lambda: inside["now"] == 2, "two large media to be uploading")
+    wait_until(lambda: inside["now"] == 2, 10, "two large media to be uploading", interval=0.01)
     assert budget.large_used == 2 and budget.used == 2_800_000, (budget.large_used, budget.used)
     gate.set()
     for thread in threads:
@@ -421,7 +422,8 @@ def media_budget() -> None:
     small = [threading.Thread(target=send, args=(600_000,)) for _ in range(6)]
     for thread in small:
         thread.start()
-    waiting_until(lambda: inside["now"] == 5, "five small media to be uploading")  # 5 × 0.6 MB = the total
+    wait_until(lambda: inside["now"] == 5, 10,
+               "five small media to be uploading", interval=0.01)  # 5 × 0.6 MB = the total
     assert budget.used <= 3_000_000 and inside["now"] == 5, (budget.used, inside)
     gate.set()
     for thread in small:
@@ -433,7 +435,7 @@ def media_budget() -> None:
     hogs = [threading.Thread(target=send, args=(1_400_000,)) for _ in range(2)]
     for thread in hogs:
         thread.start()
-    waiting_until(lambda: inside["now"] == 2, "the large slots to be taken")
+    wait_until(lambda: inside["now"] == 2, 10, "the large slots to be taken", interval=0.01)
     try:
         send(1_400_000)
     except InstanceDisconnected as error:
@@ -975,16 +977,6 @@ class SlowClient:
         return SimpleNamespace(ID=f"WA-{self.sent}")
 
 
-def waiting_until(predicate: Any, what: str, timeout: float = 10) -> None:
-    """Wait on a condition with a deadline (never a bare sleep)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def blocked(transport: Any, message: OutgoingMessage) -> bool:
     """Whether the instance refuses to send because an earlier call is still out."""
     try:
@@ -1040,7 +1032,7 @@ def late_answer() -> None:
     client.release.set()
     assert late.result(timeout=5) == "WA-1", "the late call answers with the message's id"
     assert client.sent == 1 and time.monotonic() - started < 1.5
-    waiting_until(lambda: instance_id not in transport.abandoned, "the returned call to be forgotten")
+    wait_until(lambda: instance_id not in transport.abandoned, 10, "the returned call to be forgotten", interval=0.01)
     assert transport.send(text_message(instance_id, "next")) == "WA-2"
 
     # A call that never returns holds its instance until the bound, not forever.
@@ -1056,7 +1048,8 @@ def late_answer() -> None:
     bound_at = time.monotonic() + 1.5 - 0.2
     assert blocked(transport, text_message(other, "held"))
     client.hang["send"] = False  # the next call answers at once: it is sent once the instance is free
-    waiting_until(lambda: not blocked(transport, text_message(other, "after the bound")), "the bound to pass", 5)
+    wait_until(lambda: not blocked(transport, text_message(other, "after the bound")), 5,
+               "the bound to pass", interval=0.01)
     assert time.monotonic() >= bound_at - 0.05, "freed before the bound"
     assert client.sent == 3 and not never.done(), "the instance was freed by the bound, the call never returned"
     transport.close()
@@ -1164,8 +1157,8 @@ def bounded_calls() -> None:
     session.client = SlowClient()
     replaced = time.monotonic()
     assert blocked(transport, text_message(instance_id, "at the restart"))
-    waiting_until(lambda: not blocked(transport, text_message(instance_id, "after the restart")),
-                  "the restart to free the instance", 5)
+    wait_until(lambda: not blocked(transport, text_message(instance_id, "after the restart")), 5,
+               "the restart to free the instance", interval=0.01)
     assert 0.4 <= time.monotonic() - replaced < 5
     assert instance_id not in transport.abandoned
     assert client.events == ["upload"] and session.client.events == ["send"] and session.client.sent == 1
@@ -1178,7 +1171,7 @@ def bounded_calls() -> None:
     except RetryableSendError:
         pass
     assert blocked(short, text_message(instance_id, "held"))
-    waiting_until(lambda: not blocked(short, text_message(instance_id, "free")), "the bound to pass", 5)
+    wait_until(lambda: not blocked(short, text_message(instance_id, "free")), 5, "the bound to pass", interval=0.01)
 
     # A 413 through the transport: permanent, with the reason.
     def refused(data: bytes, kind: MediaType) -> UploadResponse:

@@ -23,6 +23,7 @@ from neonize.events import ConnectedEv, ConnectFailureEv, StreamReplacedEv
 from neonize.proto.Neonize_pb2 import ConnectFailureReason
 
 from tests.gate_client import proxy_connect
+from tests.stack import wait_until
 from tests.whatsapp_checks import FakeStore
 from workers.transports.base import InstanceDisconnected, RetryableSendError
 from workers.transports.neonize import registry
@@ -30,14 +31,6 @@ from workers.transports.neonize.gate import GATE
 from workers.transports.neonize.registry import REGISTRY
 
 JID = "5511988887777:12@s.whatsapp.net"
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class GoMaps:
@@ -181,7 +174,7 @@ def storm() -> None:
 
     def send(session: Session, messages: int) -> None:
         """The transport's order: a session that is not up snoozes the head (no attempt)."""
-        wait_until(lambda: session.connected, "the session to connect", 120)
+        wait_until(lambda: session.connected, 120, "the session to connect", interval=0.005)
         up = time.monotonic()
         sent = 0
         while sent < messages:
@@ -205,7 +198,7 @@ def storm() -> None:
         sender.start()
     for sender in senders:
         sender.join(120)
-    wait_until(lambda: all(s.connected for s in sessions), "every session to connect", 120)
+    wait_until(lambda: all(s.connected for s in sessions), 120, "every session to connect", interval=0.005)
     storm_seconds = time.monotonic() - started
     assert not retryable, retryable
     assert len(delays) == backlog, "every backlog was sent"
@@ -223,7 +216,7 @@ def storm() -> None:
         connecting = registry.CONNECTS.get(client.uuid.decode()) if client is not None else None
         return hung.state == "connecting" and connecting is not None and connecting.phase == "active"
 
-    wait_until(hanging, "the connect to hang", 10)
+    wait_until(hanging, 10, "the connect to hang", interval=0.005)
     hung.client_factory = FakeClient  # the restart's new client connects
     waits: list[float] = []
     restarted = threading.Thread(target=hung.restart)
@@ -235,7 +228,7 @@ def storm() -> None:
         time.sleep(0.005)
     restarted.join(5)
     assert max(waits) < 0.2, f"a call waited {max(waits):.2f}s during a restart of a hung connect"
-    wait_until(lambda: hung.connected, "the restarted session to connect", 20)
+    wait_until(lambda: hung.connected, 20, "the restarted session to connect", interval=0.005)
     assert not MAPS.violations, MAPS.violations[:5]
     for session in sessions:
         session.stop(timeout=2)
@@ -262,13 +255,13 @@ def quiet_dial() -> None:
         connecting = registry.CONNECTS.get(client.uuid.decode()) if client is not None else None
         return connecting is not None and connecting.phase == "quiet"
 
-    wait_until(swallowed, "the first dial to be swallowed")
+    wait_until(swallowed, 10, "the first dial to be swallowed", interval=0.005)
     GATE.upstream = answering
     other = Session(uuid.uuid4(), FakeStore(), JID, lambda *a: None,  # type: ignore[arg-type]
                     announce_available=False, client_factory=FakeClient)
     started = time.monotonic()
     other.start()
-    wait_until(lambda: other.connected, "the next session to connect beside a swallowed dial", 5)
+    wait_until(lambda: other.connected, 5, "the next session to connect beside a swallowed dial", interval=0.005)
     took = time.monotonic() - started
     assert hung.state == "connecting", hung.state
     assert not MAPS.violations, MAPS.violations[:5]
@@ -296,7 +289,7 @@ def stale_stop() -> None:
     session = Session(uuid.uuid4(), FakeStore(), JID, lambda *a: None,  # type: ignore[arg-type]
                       announce_available=False, client_factory=factory)
     session.start()
-    wait_until(lambda: session.connected, "the first connect")
+    wait_until(lambda: session.connected, 10, "the first connect", interval=0.005)
     client = session.client
     assert client is not None
     key = client.uuid.decode()
@@ -304,7 +297,7 @@ def stale_stop() -> None:
     before = FakeClient.connects
     client.push(StreamErrorEv(Code="503"))  # the first stop of that connect
     wait_until(lambda: FakeClient.connects > before and session.connected and registry.CONNECTS.get(key)
-               not in (None, first), "the session to reconnect with the same client")
+               not in (None, first), 10, "the session to reconnect with the same client", interval=0.005)
     assert session.client is client and len(clients) == 1
     second = registry.CONNECTS[key]
     stop_client(client, connect=first)  # the late one
@@ -340,7 +333,7 @@ def leases() -> None:
     # A worker that stood still: its lease moved (fence 2), and whatsmeow reconnects by itself.
     stale = session_with(lambda: fence["now"] == 1)
     stale.start()
-    wait_until(lambda: stale.connected, "the first connect")
+    wait_until(lambda: stale.connected, 10, "the first connect", interval=0.005)
     before = FakeClient.connects
     fence["now"] = 2
     client = stale.client
@@ -351,7 +344,7 @@ def leases() -> None:
         assert "403" in str(error), error
     else:
         raise AssertionError("whatsmeow's own reconnect went through the gate")
-    wait_until(lambda: stale.ended, "the stale session to end itself")
+    wait_until(lambda: stale.ended, 10, "the stale session to end itself", interval=0.005)
     assert stale.state == "disconnected" and stale.detail == LEASE_LOST_DETAIL, (stale.state, stale.detail)
     assert FakeClient.connects == before, "a session whose lease moved connected again"
     assert (client.uuid.decode(), "redial") in GATE.log
@@ -362,12 +355,13 @@ def leases() -> None:
     fence["now"] = 1
     owner = session_with(lambda: fence["now"] == 1)
     owner.start()
-    wait_until(lambda: owner.connected, "the owner's connect")
+    wait_until(lambda: owner.connected, 10, "the owner's connect", interval=0.005)
     before = FakeClient.connects
     assert owner.client is not None
     replaced_at = time.monotonic()
     owner.client.push(StreamReplacedEv())
-    wait_until(lambda: FakeClient.connects > before and owner.connected, "the owner to take the session back")
+    wait_until(lambda: FakeClient.connects > before and owner.connected, 10,
+               "the owner to take the session back", interval=0.005)
     assert time.monotonic() - replaced_at >= 0.2, "taken back before its backoff"
     assert any(s == "replaced" and d and "taking it back in 0.2s" in d for s, d in states), states
 
@@ -376,7 +370,7 @@ def leases() -> None:
     before = FakeClient.connects
     assert owner.client is not None
     owner.client.push(StreamReplacedEv())
-    wait_until(lambda: owner.ended, "the replaced, leaseless session to end")
+    wait_until(lambda: owner.ended, 10, "the replaced, leaseless session to end", interval=0.005)
     assert FakeClient.connects == before
 
     # An unknown refusal: the next attempt waits longer each time, and the reason says so.
@@ -496,7 +490,7 @@ def slow_store() -> None:
     started = time.monotonic()
     connecting = threading.Thread(target=session._connect_once)
     connecting.start()
-    wait_until(lambda: REGISTRY.exclusive, "the connect to take the exclusive side", 5)
+    wait_until(lambda: REGISTRY.exclusive, 5, "the connect to take the exclusive side", interval=0.005)
     reading = threading.Thread(target=reader)
     reading.start()
     connecting.join(60)
@@ -540,7 +534,7 @@ def time_lock() -> None:
     session = Session(uuid.uuid4(), FakeStore(), JID, lambda i, s, d, e: states.append((s, d)),  # type: ignore[arg-type]
                       announce_available=False, client_factory=lambda url, key, jid: Client(url, key, jid))
     session.start()
-    wait_until(lambda: session.connected, "the connect")
+    wait_until(lambda: session.connected, 10, "the connect", interval=0.005)
     transport = transport_for(session, timeout=5, threads=2)
     instance_id = session.instance_id
 
@@ -563,7 +557,7 @@ def time_lock() -> None:
             raise AssertionError("a restricted instance sent")
         assert len(frames) == sent, "a restricted instance must not reach WhatsApp"
         started = time.monotonic()
-        wait_until(lambda: session.connected, "the restriction to lift by itself")
+        wait_until(lambda: session.connected, 10, "the restriction to lift by itself", interval=0.005)
         lifted = time.monotonic() - started
         assert states[-1] == ("connected", None), states[-1]
         assert lifted >= float(wait) * 0.8, f"lifted after {lifted:.2f}s, before its {wait}s"
@@ -587,7 +581,7 @@ def time_lock() -> None:
         pass
     assert session.state == "restricted" and "(2 in a row" in (session.detail or ""), session.detail
     session.restart()
-    wait_until(lambda: session.connected, "the restart to lift the restriction")
+    wait_until(lambda: session.connected, 10, "the restart to lift the restriction", interval=0.005)
     assert session.restrictions == 0
     transport.close()
     session.stop(timeout=2)

@@ -386,10 +386,10 @@ WORKERS = """
              WHERE l.worker_id = w.worker_id AND l.expires_at > now()) AS sessions,
            (SELECT count(*) FROM messages m
              WHERE m.worker_id = w.worker_id AND m.status IN ('running', 'typing', 'sending')) AS in_flight,
-           -- neonize opens a store pool per client, named `wmq-store:<instance>/<generation>`
+           -- neonize opens a store pool per client, named `wmq-store:<instance>/<client number>`
            -- (workers/transports/neonize/store.py): counted for the worker that holds the lease.
            (SELECT count(*) FROM pg_stat_activity a JOIN session_leases l
-                ON l.instance_id::text = split_part(substr(a.application_name, 11), '/', 1)
+                ON l.instance_id::text = split_part(split_part(a.application_name, ':', 2), '/', 1)
              WHERE a.application_name LIKE 'wmq-store:%%' AND l.worker_id = w.worker_id) AS store_connections
       FROM dramatiq.worker w ORDER BY w.heartbeat_at DESC
 """

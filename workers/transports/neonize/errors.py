@@ -54,18 +54,21 @@ ERROR_TABLE: tuple[tuple[re.Pattern[str], type[TransportError]], ...] = tuple(
     )
 )
 
-# The server's nack of the message node (whatsmeow's ErrServerReturnedError, "server returned error
-# <code>"): it answered, so nothing was delivered and another try cannot duplicate the message. A
-# row per code, else per class ("4xx", "5xx"): the kind and the reason, in our words, that the
-# message's error starts with. Sources in docs/decisions.md (issue 21); each row is tested.
-REFUSAL = re.compile(r"server returned error (\d{3})\b", re.IGNORECASE)
+
 class ReachOutTimeLock(InstanceDisconnected):
     """The server's 463: the account may not start conversations for now. Nothing was delivered;
     the session shows the lock and holds its sends for a while (sessions.py `Session.restrict`)."""
 
+    REASON = "WhatsApp's reach-out time-lock (463): this account may not start new conversations for now"
 
-REACH_OUT_TIME_LOCK = ("WhatsApp's reach-out time-lock (463): this account may not start new "
-                       "conversations for now; waiting")
+
+# The server's nack of the message node (whatsmeow's ErrServerReturnedError, "server returned error
+# <code>"). A 4xx: it refused the message, so nothing was delivered and another try cannot duplicate
+# it; a 5xx: it failed while it held the message, which may have gone on (uncertain when answered to
+# the frame). A row per code, else per class ("4xx", "5xx"): the kind and the reason, in our words,
+# that the message's error starts with. Sources in docs/decisions.md (issue 21); each row is tested.
+REFUSAL = re.compile(r"server returned error (\d{3})\b", re.IGNORECASE)
+REACH_OUT_TIME_LOCK = f"{ReachOutTimeLock.REASON}; waiting"
 REFUSALS: dict[int | str, tuple[type[TransportError], str]] = {
     # Refused for this recipient, reported to pass an hour or more later (or the account blocked
     # the recipient): retried with backoff, discarded after MESSAGE_QUEUE_MAX_JOB_ATTEMPTS.

@@ -44,7 +44,7 @@ from workers.transports.base import (
     UncertainSendError,
 )
 from workers.transports.neonize import bottag, media
-from workers.transports.neonize.errors import REACH_OUT_TIME_LOCK, ReachOutTimeLock, map_error
+from workers.transports.neonize.errors import ReachOutTimeLock, map_error
 from workers.transports.neonize.manager import SessionManager
 from workers.transports.neonize.messages import build_message, quotable, retarget
 from workers.transports.neonize.numbers import brazil_variants
@@ -252,7 +252,7 @@ class NeonizeTransport:
         try:
             whatsapp_id = self._send_message(session, message)
         except ReachOutTimeLock as error:
-            wait = session.restrict(REACH_OUT_TIME_LOCK.removesuffix("; waiting"))
+            wait = session.restrict(ReachOutTimeLock.REASON)
             if wait is None:
                 raise
             raise InstanceDisconnected(f"{session.state}: {session.detail}") from error

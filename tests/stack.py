@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
+import psutil
 import psycopg
 from psycopg.rows import dict_row
 
@@ -117,16 +118,39 @@ class Stack:
             self.start_worker()
 
     def start_api(self) -> None:
-        self.api = self._spawn("api")
+        """Start the API and wait until it serves on its own port. A port found free can be taken
+        by a test running in parallel (another xdist worker) before the API binds it, and that
+        test's API would answer `/readyz`: the API must say it bound the port, and if it could not,
+        it is started again on another one."""
+        for _ in range(5):
+            self.api = self._spawn("api")
+            if wait_until(self._api_started, 30, "the API to be ready") == "serving":
+                return
+            self._use_port(free_port())
+        raise AssertionError(f"the API found no free port\n{self.logs()}")
 
-        def ready() -> bool:
-            assert self.api is not None and self.api.poll() is None, self.logs()
-            try:
-                return self.http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
+    def _api_started(self) -> str | None:
+        """"serving", "port taken", or None while it starts."""
+        assert self.api is not None
+        if self.api.poll() is not None:
+            assert "address already in use" in self.log_files[self.api.pid].read_text(), self.logs()
+            return "port taken"
+        try:
+            sockets = psutil.Process(self.api.pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            return None  # it has just exited: the next look says why
+        if not any(s.status == psutil.CONN_LISTEN and s.laddr.port == self.port for s in sockets):
+            return None
+        try:
+            return "serving" if self.http.get("/readyz").status_code == 200 else None
+        except httpx.TransportError:
+            return None
 
-        wait_until(ready, 30, "the API to be ready")
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.env["PORT"] = str(port)
+        self.http.close()
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         """Start a worker process and wait until it has registered with the broker."""
